@@ -1,0 +1,27 @@
+"""biasmed: measure how cognitive biases planted in clinical questions bend LLM answers.
+
+Public API (see README, "Library"):
+- data:    `load_medqa`, `load_demo`, `load_hub`, `load_questions`, `QuestionSet`, `DataError`
+- biases:  `load_templates`, `make_item`, `make_items`, `choose_target`
+- prompts: `Renderer`
+- build:   `build_benchmark`, `write_benchmark`, `Benchmark`
+- records: `Question`, `Item`, `Prompt`, `Sample`
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from biasmed.biases import choose_target, load_templates, make_item, make_items
+from biasmed.build import Benchmark, build_benchmark, write_benchmark
+from biasmed.data import DataError, QuestionSet, load_demo, load_hub, load_medqa, load_questions
+from biasmed.prompts import Renderer
+from biasmed.records import BIASES, MITIGATIONS, Item, Prompt, Question, Sample
+
+__all__ = [
+    "__version__",
+    "BIASES", "MITIGATIONS",
+    "Benchmark", "DataError", "Item", "Prompt", "Question", "QuestionSet", "Renderer", "Sample",
+    "build_benchmark", "choose_target", "load_demo", "load_hub", "load_medqa", "load_questions",
+    "load_templates", "make_item", "make_items", "write_benchmark",
+]

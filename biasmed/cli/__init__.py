@@ -1,0 +1,49 @@
+"""The `biasmed` command line (typer). Each command lives in its own module with a `register(app)`.
+
+Heavy libraries are imported inside the commands, so `biasmed --help` and start-up stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="biasmed",
+    help="Measure how cognitive biases planted in clinical questions bend LLM answers (BiasMedQA).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_COMMANDS = ("build", "import_logs", "run", "models", "report", "export")
+
+
+def _register_all() -> None:
+    for name in _COMMANDS:
+        try:
+            mod = importlib.import_module(f"biasmed.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"biasmed.cli.{name}":
+                continue  # command not part of this build
+            raise
+        mod.register(app)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from biasmed import __version__
+
+        typer.echo(f"biasmed {__version__}")
+        raise typer.Exit()
+
+
+_register_all()
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,56 @@
+"""`biasmed build`: write the BiasMedQA records (one per question x bias) and a manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from biasmed.cli._common import fail, user_errors
+
+
+def build_cmd(
+    medqa: Annotated[Optional[str], typer.Option("--medqa", help="MedQA JSONL file or folder, 'hub:<id>[:config]', or 'demo'. Default: $BIASMED_MEDQA_DIR, else the embedded demo set.")] = None,
+    split: Annotated[str, typer.Option(help="test or dev")] = "test",
+    options: Annotated[int, typer.Option("--options", help="5 or 4 answer options")] = 5,
+    biases: Annotated[Optional[str], typer.Option(help="comma list, 'all', or default (the version's 7 biases); 'none' is always included")] = None,
+    template_version: Annotated[str, typer.Option("--template-version", help="paper-2024 or paper-2023")] = "paper-2024",
+    seed: Annotated[int, typer.Option(help="seed of the target and demo draws")] = 0,
+    mitigations: Annotated[str, typer.Option(help="comma list of none,education,one-shot,few-shot")] = "none",
+    target_mode: Annotated[str, typer.Option("--target-mode", help="incorrect | correct | random")] = "incorrect",
+    targets_from: Annotated[Optional[Path], typer.Option("--targets-from", help="take each (question, bias) target from an imported run")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
+    bias_file: Annotated[Optional[list[Path]], typer.Option("--bias-file", help="user-authored bias YAML (repeatable)")] = None,
+    out: Annotated[Path, typer.Option(help="output JSONL")] = Path("data/biasmedqa.jsonl"),
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, or hf (also save a datasets.Dataset)")] = "jsonl",
+) -> None:
+    """Build BiasMedQA: every question unbiased and under each bias, with rendered prompts."""
+    from biasmed.build import build_benchmark, targets_from_run, write_benchmark
+    from biasmed.prompts import parse_mitigations
+    from biasmed.session import load_sources
+
+    if options not in (4, 5):
+        fail("--options must be 4 or 5")
+    if fmt not in ("jsonl", "hf"):
+        fail("--format must be jsonl or hf")
+    with user_errors():
+        mits = parse_mitigations(mitigations)
+        questions, pool, templates = load_sources(medqa, split, options, mits, template_version, bias_file)
+        targets = targets_from_run(targets_from) if targets_from else None
+        bench = build_benchmark(questions, biases, templates, seed, mits, pool, target_mode,
+                                targets=targets, targets_from=str(targets_from) if targets_from else None,
+                                limit=limit)
+        manifest = write_benchmark(bench, out)
+    if fmt == "hf":
+        from biasmed.export import save_hf_dataset
+
+        save_hf_dataset(out, out.with_name(out.name.removesuffix(".jsonl") + "_hf"))
+    n = len(bench.items)
+    note = "  [DEMO SET: not MedQA, not the benchmark]" if questions.is_demo else ""
+    typer.echo(f"wrote {n} records ({len(bench.questions)} questions x {len(bench.biases)} conditions, "
+               f"mitigations {','.join(mits)}) to {out}; manifest {manifest}{note}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build_cmd)

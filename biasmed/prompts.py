@@ -1,0 +1,106 @@
+"""Rendering prompts exactly as BiasMedQA printed them: instruction, education sentence,
+one-shot / few-shot demos, the question block; and the chat-message form.
+
+Demos come from a pool (MedQA's dev split) with an RNG seeded by (seed, question id, mitigation),
+so the 8 bias conditions of a question see the same demo questions (a paired design), each demo
+carrying the condition's bias. Demos are built from the untouched originals every time, which
+avoids the original code's defect of stacking several bias sentences on a reused demo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from biasmed.biases import TemplateSet, make_item
+from biasmed.records import NONE, Item, Prompt, Question
+
+N_DEMOS = {"none": 0, "education": 0, "one-shot": 1, "few-shot": 2}
+
+
+def format_options(options: Mapping[str, str], frame: Mapping[str, object]) -> str:
+    sep = str(frame["option_separator"])
+    fmt = str(frame["option"])
+    return sep.join(fmt.format(letter=k, text=v) for k, v in options.items())
+
+
+def question_block(text: str, options: Mapping[str, str], frame: Mapping[str, object],
+                   answer: str = "") -> str:
+    return str(frame["question_block"]).format(
+        question=text, options=format_options(options, frame), answer=answer)
+
+
+def _demo_rng(seed: int, question_id: str, mitigation: str) -> random.Random:
+    key = f"{seed}\x1fdemos\x1f{question_id}\x1f{mitigation}"
+    return random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
+
+
+@dataclass
+class Renderer:
+    """Renders Items under mitigations with one template version and one demo pool."""
+
+    templates: TemplateSet
+    demo_pool: Sequence[Question] = ()
+    seed: int = 0
+    role: str = "system"
+
+    def choose_demos(self, question_id: str, mitigation: str) -> list[Question]:
+        k = N_DEMOS[mitigation]
+        if k == 0:
+            return []
+        pool = [q for q in self.demo_pool if q.id != question_id]
+        if len(pool) < k:
+            raise ValueError(f"{mitigation} needs {k} demo question(s); the demo pool has {len(pool)}")
+        rng = _demo_rng(self.seed, question_id, mitigation)
+        return [pool[i] for i in rng.sample(range(len(pool)), k)]
+
+    def _demo_item(self, demo: Question, bias: str) -> Item:
+        # demos always plant a wrong letter: they show the bias misleading (or resisted)
+        return make_item(demo, bias, self.templates, self.seed, "incorrect")
+
+    def _demos_text(self, item: Item, mitigation: str, demos: Sequence[Question]) -> str:
+        frame = self.templates.frame
+        biased = item.bias != NONE
+        kind = "biased" if biased else "unbiased"
+        blocks: list[str] = []
+        for n, demo in enumerate(demos, start=1):
+            d = self._demo_item(demo, item.bias)
+            # an incorrectly classified demo answers with its planted letter; the paper's unbiased
+            # one-shot logs answer with the correct letter, and so do we (there is no planted one)
+            wrong_demo = n == 1
+            answer = d.target if (biased and wrong_demo) else demo.answer_idx
+            if mitigation == "one-shot":
+                header = frame["one-shot"][f"header_{kind}"]  # type: ignore[index]
+            else:
+                header = frame["few-shot"][f"header_{n}_{kind}"]  # type: ignore[index]
+            blocks.append(str(header) + question_block(d.text, demo.options, frame, str(answer)))
+        return str(frame["demo_separator"]).join(blocks) + str(frame["after_demos"])
+
+    def render(self, item: Item, mitigation: str = "none") -> Prompt:
+        if mitigation not in N_DEMOS:
+            raise ValueError(f"unknown mitigation {mitigation!r} (known: {', '.join(N_DEMOS)})")
+        frame = self.templates.frame
+        education = ""
+        if mitigation == "education" and item.bias != NONE:
+            education = " " + self.templates.bias(item.bias).education
+        head = str(frame["head"]).format(instruction=self.templates.instruction, education=education)
+        demos = self.choose_demos(item.question.id, mitigation)
+        demo_text = self._demos_text(item, mitigation, demos) if demos else ""
+        body = question_block(item.text, item.question.options, frame)
+        return Prompt(item, mitigation, head + demo_text + body, self.role, tuple(d.id for d in demos))
+
+    def render_all(self, items: Iterable[Item], mitigations: Sequence[str]) -> list[Prompt]:
+        """Question-major, then bias, then mitigation: the order runs and resumes use."""
+        return [self.render(it, m) for it in items for m in mitigations]
+
+
+def parse_mitigations(spec: str | None) -> list[str]:
+    if not spec:
+        return ["none"]
+    names = ["none" if s.strip() in ("", "baseline") else s.strip() for s in spec.split(",")]
+    for n in names:
+        if n not in N_DEMOS:
+            raise ValueError(f"unknown mitigation {n!r} (known: {', '.join(N_DEMOS)})")
+    return list(dict.fromkeys(names))
