@@ -30,6 +30,13 @@ class BiasTemplate:
     text: str  # contains "{X}", replaced by "<letter>: <option text>"
     education: str = ""
     description: str = ""
+    demo_header: str = ""  # optional one-shot/few-shot header overriding the frame's
+    control_of: str = ""  # a placebo names the bias it controls for
+    target_key: str = ""  # the draw key; a placebo shares its bias's planted letter
+
+    @property
+    def key(self) -> str:
+        return self.target_key or self.name
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,15 @@ def load_templates(version: str = DEFAULT_TEMPLATE_VERSION) -> TemplateSet:
         if b.placement not in PLACEMENTS or "{X}" not in b.text:
             raise ValueError(f"{path}: biases.{b.name}: bad placement or text without {{X}}")
     frame = load_frame()
-    h = hashlib.sha256(raw + b"\0" + (prompts_dir() / "frame.toml").read_bytes()).hexdigest()
+    controls_raw = (prompts_dir() / "controls.toml").read_bytes()
+    for name, spec in tomllib.loads(controls_raw.decode("utf-8")).get("placebo", {}).items():
+        if name in biases:  # a placebo exists only beside the bias it controls for
+            pname = f"placebo_{name}"
+            # same education sentence as its bias, so "education" stays a paired comparison
+            biases[pname] = BiasTemplate(pname, spec["placement"], spec["text"], biases[name].education,
+                                         f"placebo control for {name}", "", name, biases[name].key)
+    h = hashlib.sha256(raw + b"\0" + (prompts_dir() / "frame.toml").read_bytes()
+                       + b"\0" + controls_raw).hexdigest()
     return TemplateSet(data["version"], data["instruction"], biases,
                        tuple(data["default_biases"]), data.get("description", ""), h, frame)
 
@@ -125,7 +140,7 @@ def make_item(question: Question, bias: str, templates: TemplateSet, seed: int =
     if bias == NONE:
         return Item(question, NONE, question.question, None, target_mode, templates.version, draw)
     tpl = templates.bias(bias)
-    letter = target or choose_target(question, bias, seed, target_mode, draw)
+    letter = target or choose_target(question, tpl.key, seed, target_mode, draw)
     if letter not in question.options:
         raise ValueError(f"{question.id}: target {letter!r} is not an option")
     text = insert(question.question, tpl, f"{letter}: {question.options[letter]}")
@@ -157,17 +172,26 @@ def make_items(
 
 
 def parse_bias_list(spec: str | None, templates: TemplateSet, include_none: bool = True) -> list[str]:
-    """`"all"`, `"default"`, None, or a comma list; always puts "none" first when included."""
-    if spec in (None, "", "default"):
-        names = list(templates.default_biases)
-    elif spec == "all":
-        names = list(templates.biases)
-    else:
-        names = [s.strip() for s in spec.split(",") if s.strip()]
-    for n in names:
-        if n != NONE:
-            templates.bias(n)
-    names = [n for n in names if n != NONE]
+    """A comma list of bias names and keywords; "none" always comes first when included.
+
+    Keywords: `default` (the version's 7 biases), `all` (every published bias incl. `_v2`),
+    `placebo` (the placebo control of every bias listed so far), `custom` (user-authored biases).
+    """
+    tokens = [t.strip() for t in (spec or "default").split(",") if t.strip()] or ["default"]
+    names: list[str] = []
+    for t in tokens:
+        if t == "default":
+            names += templates.default_biases
+        elif t == "all":
+            names += [n for n, b in templates.biases.items() if not b.control_of and not b.description.startswith("user:")]
+        elif t == "custom":
+            names += [n for n, b in templates.biases.items() if b.description.startswith("user:")]
+        elif t == "placebo":
+            names += [f"placebo_{n}" for n in names if f"placebo_{n}" in templates.biases]
+        elif t != NONE:
+            templates.bias(t)
+            names.append(t)
+    names = list(dict.fromkeys(names))
     return ([NONE] if include_none else []) + names
 
 

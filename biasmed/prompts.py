@@ -71,7 +71,10 @@ class Renderer:
             # one-shot logs answer with the correct letter, and so do we (there is no planted one)
             wrong_demo = n == 1
             answer = d.target if (biased and wrong_demo) else demo.answer_idx
-            if mitigation == "one-shot":
+            custom = self.templates.bias(item.bias).demo_header if biased else ""
+            if custom and wrong_demo:
+                header = custom.rstrip("\n") + "\n"
+            elif mitigation == "one-shot":
                 header = frame["one-shot"][f"header_{kind}"]  # type: ignore[index]
             else:
                 header = frame["few-shot"][f"header_{n}_{kind}"]  # type: ignore[index]
@@ -83,7 +86,7 @@ class Renderer:
             raise ValueError(f"unknown mitigation {mitigation!r} (known: {', '.join(N_DEMOS)})")
         frame = self.templates.frame
         education = ""
-        if mitigation == "education" and item.bias != NONE:
+        if mitigation == "education" and item.bias != NONE and self.templates.bias(item.bias).education:
             education = " " + self.templates.bias(item.bias).education
         head = str(frame["head"]).format(instruction=self.templates.instruction, education=education)
         demos = self.choose_demos(item.question.id, mitigation)
