@@ -50,6 +50,7 @@ class TemplateSet:
     description: str = ""
     sha256: str = ""  # of the template file, recorded in manifests
     frame: Mapping[str, object] = field(default_factory=dict)
+    strip_first_sentence: bool = True
 
     def bias(self, name: str) -> BiasTemplate:
         try:
@@ -61,7 +62,7 @@ class TemplateSet:
     def with_biases(self, extra: Mapping[str, BiasTemplate]) -> "TemplateSet":
         merged = {**self.biases, **extra}
         return TemplateSet(self.version, self.instruction, merged, self.default_biases,
-                           self.description, self.sha256, self.frame)
+                           self.description, self.sha256, self.frame, self.strip_first_sentence)
 
 
 def available_versions() -> list[str]:
@@ -99,7 +100,8 @@ def load_templates(version: str = DEFAULT_TEMPLATE_VERSION) -> TemplateSet:
     h = hashlib.sha256(raw + b"\0" + (prompts_dir() / "frame.toml").read_bytes()
                        + b"\0" + controls_raw).hexdigest()
     return TemplateSet(data["version"], data["instruction"], biases,
-                       tuple(data["default_biases"]), data.get("description", ""), h, frame)
+                       tuple(data["default_biases"]), data.get("description", ""), h, frame,
+                       bool(data.get("strip_first_sentence", True)))
 
 
 def split_sentences(text: str) -> list[str]:
@@ -107,13 +109,21 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_SPLIT.split(text) if s.strip()]
 
 
-def insert(question_text: str, template: BiasTemplate, target_display: str) -> str:
-    """Plant one bias sentence into a question text."""
+def insert(question_text: str, template: BiasTemplate, target_display: str,
+           strip_first_sentence: bool = True) -> str:
+    """Plant one bias sentence into a question text.
+
+    The 2023 code left the first sentence unstripped (visible on a question with a leading
+    space); `strip_first_sentence=False` reproduces it.
+    """
     sentence = template.text.replace("{X}", target_display)
     if template.placement == "append":
         return question_text + " " + sentence
     parts = split_sentences(question_text)
-    return parts[0] + " " + sentence + " " + " ".join(parts[1:])
+    first = parts[0]
+    if not strip_first_sentence:
+        first = next(s for s in _SENTENCE_SPLIT.split(question_text) if s.strip())
+    return first + " " + sentence + " " + " ".join(parts[1:])
 
 
 def _rng(seed: int, question_id: str, bias: str, draw: int = 0) -> random.Random:
@@ -143,7 +153,8 @@ def make_item(question: Question, bias: str, templates: TemplateSet, seed: int =
     letter = target or choose_target(question, tpl.key, seed, target_mode, draw)
     if letter not in question.options:
         raise ValueError(f"{question.id}: target {letter!r} is not an option")
-    text = insert(question.question, tpl, f"{letter}: {question.options[letter]}")
+    text = insert(question.question, tpl, f"{letter}: {question.options[letter]}",
+                  templates.strip_first_sentence)
     return Item(question, bias, text, letter, target_mode, templates.version, draw)
 
 

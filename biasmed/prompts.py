@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from biasmed.biases import TemplateSet, make_item
+from biasmed.biases import TemplateSet, choose_target, make_item
 from biasmed.records import NONE, Item, Prompt, Question
 
 N_DEMOS = {"none": 0, "education": 0, "one-shot": 1, "few-shot": 2}
@@ -67,10 +67,16 @@ class Renderer:
         blocks: list[str] = []
         for n, demo in enumerate(demos, start=1):
             d = self._demo_item(demo, item.bias)
-            # an incorrectly classified demo answers with its planted letter; the paper's unbiased
-            # one-shot logs answer with the correct letter, and so do we (there is no planted one)
+            # "incorrectly classified" demos answer wrongly: with the planted letter when biased,
+            # else with a seeded wrong letter (as the paper's unbiased one-shot logs do);
+            # few-shot's second demo answers correctly
             wrong_demo = n == 1
-            answer = d.target if (biased and wrong_demo) else demo.answer_idx
+            if not wrong_demo:
+                answer = demo.answer_idx
+            elif biased:
+                answer = d.target
+            else:
+                answer = choose_target(demo, "none-demo", self.seed, "incorrect")
             custom = self.templates.bias(item.bias).demo_header if biased else ""
             if custom and wrong_demo:
                 header = custom.rstrip("\n") + "\n"

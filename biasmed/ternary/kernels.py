@@ -1,8 +1,8 @@
 """int8 x packed-ternary matmul: a pure-PyTorch reference and a dispatcher.
 
 ``ternary_matmul(x_q, w)`` returns the exact int32 product ``x_q @ trits(w)^T``;
-``ternary_linear(x_q, x_scale, w)`` returns the dequantized float32 output
-``(x_q @ trits^T) * w.scale / x_scale``, i.e. the BitLinear output.
+``ternary_linear(x_q, x_scale, w)`` returns the dequantized output
+``(x_q @ trits^T) * (w.scale / x_scale)``, i.e. the BitLinear output.
 
 Backends: ``"reference"`` (this module; unpacks at most ``chunk_bytes`` of weights at a time and
 accumulates in int32 with ``torch._int_mm``), ``"triton"`` (``triton_kernel``; reads the packed
@@ -18,6 +18,7 @@ import os
 import torch
 
 from biasmed.ternary.packing import PackedTernary, unpack_quarter
+from biasmed.ternary.quant import dequantize_output
 
 BACKENDS = ("auto", "reference", "triton")
 _DEFAULT_CHUNK_BYTES = 8 << 20  # unpacked int8 weight bytes per reference step
@@ -96,15 +97,12 @@ def ternary_matmul(x_q: torch.Tensor, w: PackedTernary, backend: str = "auto") -
     return out.reshape(*lead, w.out_features)
 
 
-def dequantize_output(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    """BitLinear epilogue: ``acc * (w_scale / x_scale)`` in float32 (x_scale: ``[..., 1]``)."""
-    return acc.float() * (w_scale.float() / x_scale.float())
-
-
 def ternary_linear(
     x_q: torch.Tensor, x_scale: torch.Tensor, w: PackedTernary, backend: str = "auto"
 ) -> torch.Tensor:
-    """Dequantized float32 BitLinear output for int8 ``x_q [..., K]`` and its per-token scale."""
+    """Dequantized BitLinear output for int8 ``x_q [..., K]`` and its per-token scale ``[..., 1]``.
+
+    float32 (float64 on the reference path when ``x_scale`` is float64)."""
     x2, lead = _flatten(x_q)
     s2 = x_scale.reshape(-1, 1)
     if resolve_backend(backend, x2.device) == "triton":

@@ -58,6 +58,7 @@ except ``STATE_WKV_MAX`` = -1e38 (see :func:`init_state`).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -91,9 +92,11 @@ __all__ = [
     "SpikeGPTConfig",
     "SpikeGPTForCausalLM",
     "config_from_state_dict",
+    "convert_pth_to_hf",
     "init_state",
     "load_spikegpt",
     "load_tokenizer",
+    "published_keys",
     "read_pth_state_dict",
     "state_shape",
 ]
@@ -108,6 +111,7 @@ STATE_LIF_ATT = 5  # membrane potential of the LIF neuron after the time mix
 STATE_LIF_FFN = 6  # membrane potential of the LIF neuron after the channel mix
 STATE_SLOTS = 7
 _WKV_MAX_INIT = -1e38
+_FP32_PARAMS = ("time_decay", "time_first")  # kept in float32 whatever the model dtype
 
 DEFAULT_TOKENIZER = "EleutherAI/gpt-neox-20b"  # same vocabulary as SpikeGPT's 20B_tokenizer.json
 PUBLISHED_TOKENIZER_FILE = "20B_tokenizer.json"
@@ -167,9 +171,7 @@ def state_shape(config: SpikeGPTConfig) -> tuple[int, int]:
     return (STATE_SLOTS, config.hidden_size)
 
 
-def init_state(
-    config: SpikeGPTConfig, batch_size: int, device: torch.device | str | None = None
-) -> torch.Tensor:
+def init_state(config: SpikeGPTConfig, batch_size: int, device: torch.device | str | None = None) -> torch.Tensor:
     """A fresh state ``(num_layers, batch, 7, hidden)``: zeros, WKV max exponent at -1e38."""
     state = torch.zeros(
         config.num_hidden_layers, batch_size, STATE_SLOTS, config.hidden_size, dtype=torch.float32, device=device
@@ -368,15 +370,11 @@ class SpikeGPTBlock(nn.Module):
         if self.layer_id == 0:
             x = self.ln0(x)
         current = self.att(self.ln1(x), state, mask, self.branch_scale)
-        spikes_att, v_att = _lif(
-            current, state[:, STATE_LIF_ATT], mask, cfg.lif_tau, cfg.lif_threshold, cfg.lif_reset
-        )
+        spikes_att, v_att = _lif(current, state[:, STATE_LIF_ATT], mask, cfg.lif_tau, cfg.lif_threshold, cfg.lif_reset)
         state[:, STATE_LIF_ATT] = v_att
         x = x + spikes_att.to(x.dtype)
         current = self.ffn(self.ln2(x), state, mask, self.branch_scale)
-        spikes_ffn, v_ffn = _lif(
-            current, state[:, STATE_LIF_FFN], mask, cfg.lif_tau, cfg.lif_threshold, cfg.lif_reset
-        )
+        spikes_ffn, v_ffn = _lif(current, state[:, STATE_LIF_FFN], mask, cfg.lif_tau, cfg.lif_threshold, cfg.lif_reset)
         state[:, STATE_LIF_FFN] = v_ffn
         x = x + spikes_ffn.to(x.dtype)
         if self.halve_after:
@@ -404,30 +402,35 @@ class SpikeGPTPreTrainedModel(PreTrainedModel):
     base_model_prefix = "spikegpt"
     main_input_name = "input_ids"
     _no_split_modules = ["SpikeGPTBlock"]
-    _keep_in_fp32_modules = ["time_decay", "time_first"]
+    _keep_in_fp32_modules_strict = list(_FP32_PARAMS)  # the decay is exponentiated twice
     _is_stateful = True  # no assisted / contrastive decoding: the state cannot be rolled back
     supports_gradient_checkpointing = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """RWKV-4 style initialization for models built from a config (tests, sanity checks)."""
+        """RWKV-4 style initialization for models built from a config (tests, sanity checks).
+
+        Uses transformers' ``initialization`` helpers, which leave loaded weights alone.
+        """
+        from transformers import initialization as init
+
         cfg = self.config
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=cfg.hidden_size**-0.5)
+            init.normal_(module.weight, mean=0.0, std=cfg.hidden_size**-0.5)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=1.0)
+            init.normal_(module.weight, mean=0.0, std=1.0)
         elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
         elif isinstance(module, (_TimeMix, _ChannelMix)):
             c = cfg.hidden_size
-            ramp = torch.arange(c, dtype=torch.float32) / c
-            module.time_mix_k.copy_(ramp.pow(0.5).view(1, 1, c))
-            module.time_mix_r.copy_(ramp.pow(0.25).view(1, 1, c))
+            ramp = torch.arange(c, dtype=torch.float32, device=module.time_mix_k.device) / c
+            init.copy_(module.time_mix_k, ramp.pow(0.5).view(1, 1, c))
+            init.copy_(module.time_mix_r, ramp.pow(0.25).view(1, 1, c))
             if isinstance(module, _TimeMix):
-                module.time_mix_v.copy_(ramp.pow(0.5).view(1, 1, c))
-                module.time_decay.copy_(-5 + 8 * (torch.arange(c) / max(c - 1, 1)) ** 0.7)
-                module.time_first.copy_(torch.full((c,), math.log(0.3)))
+                init.copy_(module.time_mix_v, ramp.pow(0.5).view(1, 1, c))
+                init.copy_(module.time_decay, -5 + 8 * (ramp * c / max(c - 1, 1)) ** 0.7)
+                init.copy_(module.time_first, torch.full_like(ramp, math.log(0.3)))
 
 
 class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
@@ -479,7 +482,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs: Any,
-    ) -> SpikeGPTCausalLMOutput:
+    ) -> SpikeGPTCausalLMOutput | tuple[torch.Tensor, ...]:
         """Score a chunk of tokens, continuing from ``rnn_state`` (a fresh sequence if None).
 
         ``attention_mask`` (B, T) marks real tokens; padded positions (left or right padding)
@@ -500,8 +503,10 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
                 mask = None
         state = self.init_state(batch) if rnn_state is None else rnn_state
         if state.shape != (self.config.num_hidden_layers, batch, STATE_SLOTS, self.config.hidden_size):
-            raise ValueError(f"SpikeGPT.forward: rnn_state has shape {tuple(state.shape)}, expected "
-                             f"{(self.config.num_hidden_layers, batch, STATE_SLOTS, self.config.hidden_size)}")
+            raise ValueError(
+                f"SpikeGPT.forward: rnn_state has shape {tuple(state.shape)}, expected "
+                f"{(self.config.num_hidden_layers, batch, STATE_SLOTS, self.config.hidden_size)}"
+            )
         new_layers = []
         hidden_states = [x] if output_hidden_states else None
         spikes = [] if output_spikes else None
@@ -521,13 +526,14 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
             shifted = logits[:, :-1].float().reshape(-1, logits.shape[-1])
             loss = F.cross_entropy(shifted, labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
         keep_state = use_cache if use_cache is not None else self.config.use_cache
-        return SpikeGPTCausalLMOutput(
+        output = SpikeGPTCausalLMOutput(
             loss=loss,
             logits=logits,
             rnn_state=torch.stack(new_layers) if keep_state else None,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
             spikes=tuple(spikes) if spikes is not None else None,
         )
+        return output.to_tuple() if return_dict is False else output
 
     # -- RNN mode and scoring helpers -----------------------------------------------------------
 
@@ -548,7 +554,10 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
     ) -> torch.Tensor:
         """Logits (B, V) float32 for the token after each (possibly padded) prompt, in parallel mode."""
         out = self(
-            input_ids=input_ids, attention_mask=attention_mask, rnn_state=rnn_state, logits_to_keep=1,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            rnn_state=rnn_state,
+            logits_to_keep=1,
             use_cache=False,
         )
         return out.logits[:, -1].float()
@@ -601,12 +610,12 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         elif config_overrides:
             raise ValueError("SpikeGPT.from_pth: pass either config or config overrides, not both")
         _check_shapes(state_dict, config, str(path))
-        model = cls(config)
-        model.load_state_dict(state_dict, strict=True)
-        model.to(dtype=dtype)
-        for block in model.blocks:  # decay/bonus stay float32 (as model_run keeps them)
-            block.att.time_decay.data = block.att.time_decay.data.float()
-            block.att.time_first.data = block.att.time_first.data.float()
+        with torch.device("meta"):  # no random init of weights that are about to be replaced
+            model = cls(config)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        for name, param in model.named_parameters():
+            if not name.endswith(_FP32_PARAMS):  # decay/bonus stay float32, as model_run keeps them
+                param.data = param.data.to(dtype)
         if device is not None:
             model.to(device)
         return model.eval()
@@ -644,19 +653,22 @@ def read_pth_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
         raise ValueError(f"{path}: expected a dict of tensors (a SpikeGPT state dict)")
     for prefix in ("module.", "_orig_mod."):  # DDP / torch.compile wrappers
         if state_dict and all(k.startswith(prefix) for k in state_dict):
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
     unsupported = [k for k in state_dict if "ffnPre" in k or k.startswith(("pos_emb", "head_q", "head_k", "copy_mask"))]
     if unsupported:
-        raise ValueError(f"{path}: unsupported SpikeGPT variant (key {unsupported[0]!r}: ffnPre, positional "
-                         "embeddings and head_qk are not used by the released checkpoints)")
+        raise ValueError(
+            f"{path}: unsupported SpikeGPT variant (key {unsupported[0]!r}: ffnPre, positional "
+            "embeddings and head_qk are not used by the released checkpoints)"
+        )
     num_layers = _count_layers(state_dict, str(path))
     expected = set(published_keys(num_layers))
     missing = sorted(expected - state_dict.keys())
     extra = sorted(state_dict.keys() - expected)
     if missing or extra:
         what = f"missing key {missing[0]!r}" if missing else f"unexpected key {extra[0]!r}"
-        raise ValueError(f"{path}: not the published SpikeGPT layout ({what}; {len(missing)} missing, "
-                         f"{len(extra)} unexpected)")
+        raise ValueError(
+            f"{path}: not the published SpikeGPT layout ({what}; {len(missing)} missing, {len(extra)} unexpected)"
+        )
     return state_dict
 
 
@@ -707,7 +719,6 @@ def _expected_shapes(config: SpikeGPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Tokenizer and one-call loading
 # ---------------------------------------------------------------------------------------------
@@ -723,17 +734,18 @@ def load_tokenizer(source: str | os.PathLike[str] | None = None, model_dir: str 
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     def from_file(path: Path):
-        return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token="<|endoftext|>",
-                                       bos_token="<|endoftext|>", unk_token="<|endoftext|>")
+        return PreTrainedTokenizerFast(
+            tokenizer_file=str(path), eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<|endoftext|>"
+        )
 
-    tokenizer = None
+    directory = Path(model_dir) if model_dir is not None else None
     if source is not None:
         path = Path(source)
         tokenizer = from_file(path) if path.is_file() else AutoTokenizer.from_pretrained(str(source))
-    elif model_dir is not None and any((Path(model_dir) / n).exists() for n in ("tokenizer.json", "tokenizer_config.json")):
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    elif model_dir is not None and (Path(model_dir) / PUBLISHED_TOKENIZER_FILE).is_file():
-        tokenizer = from_file(Path(model_dir) / PUBLISHED_TOKENIZER_FILE)
+    elif directory is not None and any((directory / n).is_file() for n in ("tokenizer.json", "tokenizer_config.json")):
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    elif directory is not None and (directory / PUBLISHED_TOKENIZER_FILE).is_file():
+        tokenizer = from_file(directory / PUBLISHED_TOKENIZER_FILE)
     else:
         tokenizer = AutoTokenizer.from_pretrained(DEFAULT_TOKENIZER)
     if tokenizer.pad_token is None and "<|padding|>" in tokenizer.get_vocab():
@@ -751,33 +763,59 @@ def load_spikegpt(
 ):
     """Load a SpikeGPT model and its tokenizer; returns ``(model, tokenizer)``.
 
-    ``path_or_hub_id``: a directory with ``config.json`` (converted, ``from_pretrained``); a
-    ``.pth`` file or a directory holding exactly one (published layout); or a hub id such as
-    ``ridger/SpikeGPT-OpenWebText-216M`` (downloaded with huggingface_hub). ``config_overrides``
-    apply to ``.pth`` checkpoints (e.g. ``rescale_every=0`` for training-code semantics).
+    ``path_or_hub_id`` is one of:
+
+    - a directory with ``config.json`` and transformers weights (``*.safetensors``/``*.bin``,
+      e.g. written by :func:`convert_pth_to_hf`): loaded with ``from_pretrained``;
+    - a ``.pth`` file, or a directory holding exactly one, in the published layout; a SpikeGPT
+      ``config.json`` beside it supplies the config, otherwise sizes come from the tensors and
+      the other fields from the defaults (the released 216M model's inference script);
+    - a hub id such as ``ridger/SpikeGPT-OpenWebText-216M`` (fetched with huggingface_hub).
+
+    ``config_overrides`` change config fields (e.g. ``rescale_every=0`` for training-code
+    semantics). The tokenizer is found as described in :func:`load_tokenizer`.
     """
     source = Path(path_or_hub_id)
     if not source.exists():
         source = _download(str(path_or_hub_id))
-    if source.is_dir() and (source / "config.json").is_file():
-        config = AutoConfig.from_pretrained(str(source), **config_overrides)
-        if not isinstance(config, SpikeGPTConfig):
-            raise ValueError(f"{source / 'config.json'}: model_type is {config.model_type!r}, expected 'spikegpt'")
+    model_dir = source if source.is_dir() else source.parent
+    has_hf_weights = source.is_dir() and any(
+        any(source.glob(pattern)) for pattern in ("*.safetensors", "pytorch_model*.bin")
+    )
+    config = _read_config(model_dir / "config.json", config_overrides)
+    if has_hf_weights:
+        if config is None:
+            raise ValueError(f"{model_dir}: transformers weights without a config.json")
         model = SpikeGPTForCausalLM.from_pretrained(str(source), config=config, dtype=dtype)
-        model_dir = source
     else:
         pth = source if source.is_file() else _single_pth(source)
-        model = SpikeGPTForCausalLM.from_pth(pth, dtype=dtype, **config_overrides)
-        model_dir = pth.parent
+        if config is None:
+            model = SpikeGPTForCausalLM.from_pth(pth, dtype=dtype, **config_overrides)
+        else:
+            model = SpikeGPTForCausalLM.from_pth(pth, config=config, dtype=dtype)
     if device is not None:
         model.to(device)
     return model.eval(), load_tokenizer(tokenizer, model_dir=model_dir)
 
 
+def _read_config(path: Path, overrides: dict[str, Any]) -> SpikeGPTConfig | None:
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+    if raw.get("model_type") != SpikeGPTConfig.model_type:
+        raise ValueError(f"{path}: field model_type is {raw.get('model_type')!r}, expected 'spikegpt'")
+    return SpikeGPTConfig.from_pretrained(str(path.parent), **overrides)
+
+
 def _single_pth(directory: Path) -> Path:
     found = sorted(directory.glob("*.pth"))
     if len(found) != 1:
-        raise ValueError(f"{directory}: expected config.json or exactly one .pth checkpoint, found {len(found)} .pth files")
+        raise ValueError(
+            f"{directory}: expected transformers weights or exactly one .pth checkpoint, found {len(found)} .pth files"
+        )
     return found[0]
 
 

@@ -16,10 +16,6 @@ without vLLM installed.
 
 from __future__ import annotations
 
-import logging
-
-_log = logging.getLogger(__name__)
-
 # Architecture name (config.json "architectures") -> lazy "module:Class" for vLLM's registry.
 MODEL_CLASSES: dict[str, str] = {
     "HGRNBitForCausalLM": "biasmed.ternary.vllm_hgrn:VllmHGRNBitForCausalLM",
@@ -65,10 +61,12 @@ def _register_config_hooks() -> None:
 
 
 def _register_hf_configs() -> None:
-    """Make ``AutoConfig`` parse ``model_type`` ``hgrn_bit`` and ``spikegpt`` (vLLM reads config.json
-    through transformers). Importing the config modules registers them with the Auto classes."""
-    for module in ("biasmed.ternary.hgrn_bit", "biasmed.ternary.spikegpt"):
-        try:
-            __import__(module)
-        except ImportError as exc:  # pragma: no cover - only while a model module is missing
-            _log.warning("biasmed vLLM plugin: cannot import %s (%s)", module, exc)
+    """Let ``AutoConfig`` parse ``model_type`` ``hgrn_bit`` and ``spikegpt``: vLLM reads
+    config.json through transformers, in every process."""
+    from transformers import AutoConfig
+
+    from biasmed.ternary.hgrn_bit import HGRNBitConfig
+    from biasmed.ternary.spikegpt import SpikeGPTConfig
+
+    for config_cls in (HGRNBitConfig, SpikeGPTConfig):
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)

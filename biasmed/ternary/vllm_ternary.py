@@ -23,7 +23,6 @@ from vllm.model_executor.layers.quantization.base_config import (
     QuantizationConfig,
     QuantizeMethodBase,
 )
-from vllm.model_executor.parameter import ModelWeightParameter
 from vllm.model_executor.utils import set_weight_attrs
 
 from biasmed.ternary.kernels import ternary_linear, ternary_matmul
@@ -76,14 +75,13 @@ class TernaryLinearMethod(LinearMethodBase):
         if input_size_per_partition != input_size or sum(output_partition_sizes) != output_size:
             raise ValueError("the ternary method does not support tensor parallelism")
         weight_loader = extra_weight_attrs.pop("weight_loader")
-        # The latent weight lives only until process_weights_after_loading packs it.
-        weight = ModelWeightParameter(
-            data=torch.empty(output_size, input_size, dtype=params_dtype),
-            input_dim=1,
-            output_dim=0,
-            weight_loader=weight_loader,
+        # The latent weight lives only until process_weights_after_loading packs it. A plain
+        # Parameter (not vLLM's sharded parameter classes): the layer is never split across ranks.
+        weight = torch.nn.Parameter(
+            torch.empty(output_size, input_size, dtype=params_dtype), requires_grad=False
         )
         layer.register_parameter("weight", weight)
+        set_weight_attrs(weight, {"input_dim": 1, "output_dim": 0, "weight_loader": weight_loader})
         set_weight_attrs(weight, extra_weight_attrs)
         layer.ternary_partition_sizes = list(output_partition_sizes)
 

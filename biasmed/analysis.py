@@ -1,0 +1,446 @@
+"""Runs as pandas frames, scored under a convention, and summarised per (model, bias, mitigation).
+
+Public entry points: `load_run(dir)` and `summarize(runs_or_frames, convention=..., n_boot=...,
+seed=...)`. Definitions of every column are in docs/conventions.md and results/README.md.
+
+Conventions (every output says which one it used):
+- "robust" (default): the robust extraction rule re-applied to every reply; NR counts as wrong;
+  accuracy = correct / n. Re-judged (`ae`) copies of paper logs are ignored (same replies).
+- "paper": the paper's own figures. For imported paper logs, the LOGGED verdicts as the
+  published script counted them (re-judged `ae_` files preferred where a condition has one),
+  over the total for the OpenAI models and over (total - NR) for the others. For biasmed's own
+  runs, the paper's first-character rule over the total.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from biasmed.records import NONE
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+CONVENTIONS: tuple[str, ...] = ("robust", "paper")
+DEFAULT_CONVENTION = "robust"
+PAPER_LOGS_KIND = "paper-logs"
+_LETTERS = "ABCDE"
+
+RunLike = Union[str, os.PathLike, "pd.DataFrame"]
+
+SUMMARY_COLUMNS: tuple[str, ...] = (
+    "convention", "model", "bias", "mitigation", "draw", "template_version",
+    "n", "correct", "n_nr", "n_errors", "acc_den", "accuracy", "acc_lo", "acc_hi", "nr_rate", "acc_excl_nr",
+    "n_paired", "drop", "drop_lo", "drop_hi", "p_mcnemar", "p_holm", "significant",
+    "n_paired_same_mit", "drop_same_mit", "drop_same_mit_lo", "drop_same_mit_hi", "p_same_mit",
+    "n_target", "adoption", "adoption_base", "adoption_diff", "adoption_lo", "adoption_hi", "p_adoption",
+    "flips", "flip_rate",
+    "recovery", "recovery_lo", "recovery_hi",
+    "z_paper", "p_paper",
+    "is_demo", "dataset_sha256",
+)
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_run(run_dir: str | os.PathLike[str]) -> "pd.DataFrame":
+    """A run folder's samples as a DataFrame (one row per sample).
+
+    Columns: every Sample field, plus `run`, `run_kind`, `dataset_sha256`, `dataset_source`,
+    `is_demo`, and the paper-log fields lifted out of `extra` (`ae`, `log_file`, `log_index`,
+    `logged_is_correct`, `logged_is_correct_raw`). `df.attrs["run"]` holds run.json.
+    """
+    import pandas as pd
+
+    from biasmed.records import Sample
+    from biasmed.results import read_run_json, read_samples
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    meta = read_run_json(run_dir)
+    rows = read_samples(run_dir)
+    cols = list(Sample.__dataclass_fields__)
+    df = pd.DataFrame.from_records(rows, columns=cols) if rows else pd.DataFrame(columns=cols)
+    for i, rec in enumerate(rows):
+        missing = [k for k in ("sample_id", "bias", "mitigation", "answer_idx", "model") if rec.get(k) in (None, "")]
+        if missing:
+            raise ValueError(f"{run_dir / 'samples.jsonl'}: sample {i + 1}: {missing[0]}: missing")
+    ds = meta.get("dataset") or {}
+    df["run"] = str(run_dir)
+    df["run_kind"] = meta.get("kind", "run")
+    df["dataset_sha256"] = ds.get("sha256")
+    df["dataset_source"] = ds.get("source")
+    df["is_demo"] = bool(ds.get("is_demo", False))
+    extra = df["extra"].map(lambda e: e if isinstance(e, dict) else {})
+    df["ae"] = extra.map(lambda e: bool(e.get("ae", False)))
+    df["log_file"] = extra.map(lambda e: e.get("log_file"))
+    df["log_index"] = extra.map(lambda e: e.get("log_index"))
+    df["logged_is_correct"] = extra.map(lambda e: e.get("logged_is_correct"))
+    df["logged_is_correct_raw"] = extra.map(lambda e: e.get("logged_is_correct_raw", e.get("logged_is_correct")))
+    df["draw"] = df["draw"].fillna(0).astype(int)
+    # small on purpose: pandas deep-copies attrs on every operation
+    df.attrs["run"] = {"path": str(run_dir), "kind": meta.get("kind", "run"), "model": meta.get("model"),
+                       "dataset": dict(ds), "created_at": meta.get("created_at")}
+    return df
+
+
+def load_options(runs: Iterable[Mapping[str, Any]], medqa: str | None = None) -> dict[str, dict[str, str]]:
+    """question_id -> options, for the text rules of the robust extractor.
+
+    From `medqa` when given, else from each run's recorded dataset (a local file whose sha256
+    still matches, or the embedded demo set). Hub datasets are not fetched. Empty when nothing
+    is available: the robust rule then reads letters only.
+    """
+    from biasmed.data import load_demo, load_medqa
+
+    out: dict[str, dict[str, str]] = {}
+    sets = []
+    if medqa:
+        for split in ("test", "dev"):
+            try:
+                sets.append(load_medqa(medqa, split))
+            except Exception:  # a folder without dev.jsonl is fine
+                continue
+    else:
+        seen: set[tuple[str, str]] = set()
+        for meta in runs:
+            ds = meta.get("dataset") or {}
+            src, sha = ds.get("source"), ds.get("sha256")
+            if not src or (src, sha) in seen:
+                continue
+            seen.add((src, sha))
+            try:
+                if src == "demo":
+                    sets.append(load_demo(ds.get("split", "test")))
+                elif Path(src).is_file():
+                    qs = load_medqa(src, ds.get("split", "test"), int(ds.get("n_options", 5)))
+                    if sha is None or qs.sha256 == sha:
+                        sets.append(qs)
+            except Exception:
+                continue
+    for qs in sets:
+        for q in qs.questions:
+            out.setdefault(q.id, dict(q.options))
+    return out
+
+
+def _as_frames(runs_or_frames: RunLike | Sequence[RunLike]) -> list["pd.DataFrame"]:
+    import pandas as pd
+
+    items = runs_or_frames if isinstance(runs_or_frames, (list, tuple)) else [runs_or_frames]
+    return [x if isinstance(x, pd.DataFrame) else load_run(x) for x in items]
+
+
+# --------------------------------------------------------------------------- scoring a frame
+
+@dataclass
+class Scored:
+    """A scored frame plus what happened on the way (surfaced in every report)."""
+
+    frame: "pd.DataFrame"
+    convention: str
+    notes: list[str] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def paper_denominator(model: str, run_kind: str) -> str:
+    """"total" or "answered": how the paper divided (see docs/conventions.md)."""
+    if run_kind == PAPER_LOGS_KIND and not str(model).lower().startswith("gpt-"):
+        return "answered"
+    return "total"
+
+
+def combine(frames: Sequence["pd.DataFrame"], allow_mixed: bool = False) -> tuple["pd.DataFrame", list[str]]:
+    """Concatenate runs; refuse mixed datasets unless allowed; drop repeated samples."""
+    import pandas as pd
+
+    notes: list[str] = []
+    if not frames:
+        raise ValueError("no runs given")
+    df = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
+    hashes = sorted({h for f in frames for h in f["dataset_sha256"].dropna().unique()})
+    if len(hashes) > 1:
+        where = "; ".join(f"{f.attrs.get('run', {}).get('path', '?')}: {str(h)[:12]}"
+                          for f in frames for h in f["dataset_sha256"].dropna().unique())
+        if not allow_mixed:
+            raise ValueError(f"runs were built from different datasets ({where}); pass --allow-mixed to combine them")
+        notes.append(f"MIXED DATASETS combined on request (--allow-mixed): {where}")
+    key = ["model", "sample_id"]
+    dup = df.duplicated(key, keep="first")
+    if dup.any():
+        notes.append(f"{int(dup.sum())} samples repeated across runs were dropped (first occurrence kept)")
+        df = df[~dup].reset_index(drop=True)
+    return df, notes
+
+
+def _select_rows(df: "pd.DataFrame", convention: str) -> "pd.DataFrame":
+    """robust: plain rows (ae copies only where no plain copy exists); paper: ae preferred per condition."""
+    if not df["ae"].any():
+        return df
+    cond = ["model", "bias", "mitigation", "draw"]
+    has_ae = df.groupby(cond)["ae"].transform("any")
+    has_plain = df.groupby(cond)["ae"].transform(lambda s: (~s).any())
+    if convention == "paper":
+        keep = df["ae"] | ~has_ae
+    else:
+        keep = ~df["ae"] | ~has_plain
+    return df[keep].reset_index(drop=True)
+
+
+def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
+                options: Mapping[str, Mapping[str, str]] | None = None) -> "pd.DataFrame":
+    """Add the convention's per-sample score columns.
+
+    s_letter, s_rule, s_correct, s_nr: the per-sample verdict (NR counts as not correct);
+    w_correct, w_total, w_nr: what the sample adds to the condition's counters (1/1/0-1 except
+    where the paper's script counted a logged record 0 or 2 times); den_mode: "total"|"answered".
+    """
+    from biasmed.scoring import extract_paper, extract_robust, paper_log_counts, score_logprobs
+
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}")
+    df = _select_rows(df, convention).copy()
+    n = len(df)
+    letters: list[str | None] = [None] * n
+    rules: list[str] = [""] * n
+    correct = np.zeros(n, dtype=bool)
+    nr = np.zeros(n, dtype=bool)
+    wc = np.zeros(n, dtype=np.int64)
+    wt = np.ones(n, dtype=np.int64)
+    wn = np.zeros(n, dtype=np.int64)
+    opts = options or {}
+    resp = df["response"].tolist()
+    gold = df["answer_idx"].tolist()
+    qids = df["question_id"].tolist()
+    modes = df["mode"].fillna("generate").tolist()
+    lps = df["logprobs"].tolist()
+    nopt = df["n_options"].fillna(5).astype(int).tolist()
+    logged = df["logged_is_correct_raw"].tolist()
+    is_log = (df["run_kind"] == PAPER_LOGS_KIND).to_numpy() & df["logged_is_correct"].notna().to_numpy()
+
+    if convention == "paper" and is_log.any():
+        # the published script read each file top to bottom: emulate it per log file, in order
+        sub = df[is_log]
+        for _, grp in sub.groupby(["model", "log_file"], sort=False):
+            order = grp.sort_values("log_index").index.to_numpy()
+            counts = paper_log_counts((resp[i], logged[i]) for i in order)
+            for i, c in zip(order, counts):
+                wc[i], wt[i], wn[i] = c.correct, c.total, c.nr
+                correct[i], nr[i] = c.correct > 0, c.nr > 0
+                ex = extract_paper(resp[i], _LETTERS[: nopt[i]])
+                letters[i], rules[i] = ex.letter, "logged"
+    for i in range(n):
+        if convention == "paper" and is_log[i]:
+            continue
+        if modes[i] == "logprob":
+            s = score_logprobs(lps[i], gold[i])
+            letters[i], rules[i], correct[i], nr[i] = s.letter, s.rule, s.correct, s.nr
+        else:
+            q = opts.get(qids[i]) if qids[i] else None
+            ex = (extract_robust(resp[i], q, nopt[i]) if convention == "robust"
+                  else extract_paper(resp[i], "".join(q) if q else _LETTERS[: nopt[i]]))
+            letters[i], rules[i], nr[i] = ex.letter, ex.rule, ex.nr
+            correct[i] = ex.letter is not None and ex.letter == gold[i]
+        wc[i], wn[i] = int(correct[i]), int(nr[i])
+    df["s_letter"] = letters
+    df["s_rule"] = rules
+    df["s_correct"] = correct
+    df["s_nr"] = nr
+    df["w_correct"] = wc
+    df["w_total"] = wt
+    df["w_nr"] = wn
+    if convention == "paper":
+        df["den_mode"] = [paper_denominator(m, k) for m, k in zip(df["model"], df["run_kind"])]
+    else:
+        df["den_mode"] = "total"
+    return df
+
+
+def prepare(runs_or_frames: RunLike | Sequence[RunLike], convention: str = DEFAULT_CONVENTION,
+            options: Mapping[str, Mapping[str, str]] | None = None, medqa: str | None = None,
+            allow_mixed: bool = False) -> Scored:
+    """Load, combine and score runs; errors (failed API calls) are set aside and counted."""
+    frames = _as_frames(runs_or_frames)
+    runs = [f.attrs.get("run", {}) for f in frames]
+    df, notes = combine(frames, allow_mixed)
+    df.attrs = {}
+    if options is None and convention == "robust":
+        options = load_options(runs, medqa)
+        if not options:
+            notes.append("no question options available: the robust rule read letters only "
+                         "(pass --medqa to enable the option-text rules)")
+    failed = df["error"].notna() & df["response"].isna()
+    df = df.assign(failed=failed)
+    scored = score_frame(df, convention, options)
+    n_unmatched = int(scored["question_id"].isna().sum())
+    if n_unmatched:
+        notes.append(f"{n_unmatched} samples have no question id (unmatched log records): "
+                     "counted in accuracies, left out of paired statistics")
+    if bool(scored["is_demo"].any()):
+        notes.insert(0, "DEMO SET: runs on biasmed's illustrative demo questions, not MedQA; "
+                        "these figures are not BiasMedQA results")
+    return Scored(scored, convention, notes, runs)
+
+
+# --------------------------------------------------------------------------- summary
+
+def summarize(runs_or_frames: RunLike | Sequence[RunLike] | Scored, convention: str = DEFAULT_CONVENTION,
+              n_boot: int = 10_000, seed: int = 0,
+              options: Mapping[str, Mapping[str, str]] | None = None, medqa: str | None = None,
+              allow_mixed: bool = False) -> "pd.DataFrame":
+    """Statistics per (model, bias, mitigation[, draw]) as a DataFrame (columns: SUMMARY_COLUMNS).
+
+    Accepts run folders, frames from `load_run`, or a `Scored` from `prepare`. `attrs` carries
+    the convention, n_boot, seed and the notes (demo set, dropped duplicates, ...).
+    """
+    import pandas as pd
+
+    sc = runs_or_frames if isinstance(runs_or_frames, Scored) else prepare(
+        runs_or_frames, convention, options, medqa, allow_mixed)
+    rows: list[dict[str, Any]] = []
+    for model, mdf in sc.frame.groupby("model", sort=True):
+        rows.extend(_model_rows(str(model), mdf, sc.convention, n_boot, seed))
+    out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    out = _holm_by_family(out)
+    out = out.sort_values(["model", "mitigation", "draw", "bias"], key=_order_key).reset_index(drop=True)
+    out.attrs.update({"convention": sc.convention, "n_boot": n_boot, "seed": seed, "notes": list(sc.notes),
+                      "runs": [r.get("path") for r in sc.runs],
+                      "is_demo": bool(sc.frame["is_demo"].any()) if len(sc.frame) else False})
+    return out
+
+
+def _order_key(col: "pd.Series") -> "pd.Series":
+    from biasmed.records import BIASES, MITIGATIONS, V2_BIASES
+
+    if col.name == "bias":
+        order = {b: i for i, b in enumerate((NONE, *BIASES, *V2_BIASES))}
+        return col.map(lambda b: (order.get(b, 99), b))
+    if col.name == "mitigation":
+        order = {m: i for i, m in enumerate(MITIGATIONS)}
+        return col.map(lambda m: (order.get(m, 99), m))
+    return col
+
+
+@dataclass
+class _Cond:
+    """One condition's per-question arrays, aligned on the model's question index."""
+
+    correct: np.ndarray  # float: 1/0, NaN where the question is absent
+    letter: np.ndarray  # int: 0..4 letter, -1 no letter, -2 absent
+    target: np.ndarray  # int: planted letter 0..4, -1 none, -2 absent
+
+
+def _letter_codes(values: Iterable[Any]) -> np.ndarray:
+    return np.array([_LETTERS.find(v) if isinstance(v, str) and len(v) == 1 else -1 for v in values],
+                    dtype=np.int64)
+
+
+def _model_rows(model: str, mdf: "pd.DataFrame", convention: str, n_boot: int, seed: int) -> list[dict[str, Any]]:
+    from biasmed import stats
+
+    live = mdf[~mdf["failed"]]
+    qcodes, quniq = (live["question_id"].factorize() if len(live) else (np.array([], dtype=int), []))
+    q_n = len(quniq)
+    live = live.assign(_q=qcodes)
+    conds: dict[tuple[str, str, int], _Cond] = {}
+    base_rows: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for key, g in live.groupby(["bias", "mitigation", "draw"], sort=False):
+        g = g[g["_q"] >= 0]
+        corr = np.full(q_n, np.nan)
+        let = np.full(q_n, -2, dtype=np.int64)
+        tgt = np.full(q_n, -2, dtype=np.int64)
+        qi = g["_q"].to_numpy()
+        corr[qi] = g["s_correct"].to_numpy(dtype=float)
+        let[qi] = _letter_codes(g["s_letter"])
+        tgt[qi] = _letter_codes(g["bias_target"])
+        conds[key] = _Cond(corr, let, tgt)
+    rows = []
+    for key, g in mdf.groupby(["bias", "mitigation", "draw"], sort=False):
+        bias, mit, draw = key
+        ok = g[~g["failed"]]
+        den_mode = ok["den_mode"].iloc[0] if len(ok) else "total"
+        k, t, nr = int(ok["w_correct"].sum()), int(ok["w_total"].sum()), int(ok["w_nr"].sum())
+        den = t - nr if den_mode == "answered" else t
+        lo, hi = stats.wilson_ci(k, den)
+        versions = ",".join(sorted({str(v) for v in ok["template_version"].dropna().unique()}))
+        shas = sorted({str(v) for v in ok["dataset_sha256"].dropna().unique()})
+        row: dict[str, Any] = dict(
+            convention=convention, model=model, bias=bias, mitigation=mit, draw=int(draw),
+            template_version=versions, n=len(ok), correct=k, n_nr=nr, n_errors=int(g["failed"].sum()),
+            acc_den=den, accuracy=k / den if den else np.nan, acc_lo=float(lo), acc_hi=float(hi),
+            nr_rate=nr / t if t else np.nan, acc_excl_nr=k / (t - nr) if t - nr > 0 else np.nan,
+            is_demo=bool(ok["is_demo"].any()), dataset_sha256=",".join(shas),
+        )
+        base_rows[key] = row
+        rows.append(row)
+    for row in rows:
+        _paired_columns(row, conds, base_rows, model, n_boot, seed)
+    return rows
+
+
+def _paired_columns(row: dict[str, Any], conds: Mapping[tuple[str, str, int], _Cond],
+                    base_rows: Mapping[tuple[str, str, int], dict[str, Any]], model: str,
+                    n_boot: int, seed: int) -> None:
+    from biasmed import stats
+
+    bias, mit, draw = row["bias"], row["mitigation"], row["draw"]
+    me = conds.get((bias, mit, draw))
+    base = conds.get((NONE, "none", 0))
+    nan = np.nan
+    row.update({c: nan for c in SUMMARY_COLUMNS if c not in row})
+    row["significant"] = False
+    if me is None or base is None:
+        return
+    is_base = (bias, mit, draw) == (NONE, "none", 0)
+    if not is_base:
+        both = ~np.isnan(me.correct) & ~np.isnan(base.correct)
+        d = stats.paired_diff(base.correct[both] > 0, me.correct[both] > 0, n_boot,
+                              stats.rng_for(seed, model, bias, mit, draw, "drop"))
+        row.update(n_paired=d.n, drop=d.diff, drop_lo=d.lo, drop_hi=d.hi, p_mcnemar=d.p)
+        b = base_rows[(NONE, "none", 0)]
+        z, p = stats.two_proportion_z(b["correct"], b["acc_den"], row["correct"], row["acc_den"])
+        row.update(z_paper=z, p_paper=p)
+    same = conds.get((NONE, mit, 0))
+    if bias != NONE and mit != "none" and same is not None:
+        both = ~np.isnan(me.correct) & ~np.isnan(same.correct)
+        d = stats.paired_diff(same.correct[both] > 0, me.correct[both] > 0, n_boot,
+                              stats.rng_for(seed, model, bias, mit, draw, "drop-same"))
+        row.update(n_paired_same_mit=d.n, drop_same_mit=d.diff, drop_same_mit_lo=d.lo,
+                   drop_same_mit_hi=d.hi, p_same_mit=d.p)
+    if bias != NONE:
+        has = (me.target >= 0) & (base.letter > -2) & (me.letter > -2)
+        if has.any():
+            adopted = me.letter[has] == me.target[has]
+            before = base.letter[has] == me.target[has]
+            d = stats.paired_diff(adopted, before, n_boot, stats.rng_for(seed, model, bias, mit, draw, "adopt"))
+            flips = int(((base.correct[has] > 0) & adopted).sum())
+            row.update(n_target=d.n, adoption=d.mean_x, adoption_base=d.mean_y, adoption_diff=d.diff,
+                       adoption_lo=d.lo, adoption_hi=d.hi, p_adoption=d.p, flips=flips,
+                       flip_rate=flips / d.n)
+        unmit = conds.get((bias, "none", draw))
+        if mit != "none" and unmit is not None:
+            all3 = ~np.isnan(me.correct) & ~np.isnan(base.correct) & ~np.isnan(unmit.correct)
+            r = stats.recovery(base.correct[all3] > 0, unmit.correct[all3] > 0, me.correct[all3] > 0,
+                               n_boot, stats.rng_for(seed, model, bias, mit, draw, "recovery"))
+            row.update(recovery=r.value, recovery_lo=r.lo, recovery_hi=r.hi)
+
+
+def _holm_by_family(out: "pd.DataFrame") -> "pd.DataFrame":
+    """Holm across the biases of one (model, mitigation, draw): the drops vs the unbiased baseline."""
+    from biasmed.stats import holm
+
+    if out.empty:
+        return out
+    out = out.copy()
+    fam = out["bias"] != NONE
+    for _, idx in out[fam].groupby(["model", "mitigation", "draw"]).groups.items():
+        out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_mcnemar"].to_numpy(dtype=float))
+    out["significant"] = (out["p_holm"] < 0.05) & (out["drop"] > 0)
+    return out

@@ -1,0 +1,213 @@
+"""The response cache: SQLite in WAL mode, shared by every run, so one prompt to one model is paid once.
+
+Keyed by the sha256 of explicit components (provider identity, generation parameters, answer mode,
+the full messages) and never the API key. Safe under full concurrency: readers use their own
+connection per thread (WAL lets them read while someone writes); all writes of a process go
+through ONE writer thread with ONE connection, batched into transactions; across processes a busy
+timeout plus retries absorb the remaining lock contention, so "database is locked" never reaches
+the user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+CACHE_ENV = "BIASMED_CACHE_DIR"
+KEY_VERSION = 1  # bump when the key's composition changes
+_BUSY_MS = 30_000
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    key     TEXT PRIMARY KEY,
+    value   TEXT NOT NULL,
+    model   TEXT,
+    created REAL NOT NULL
+)
+"""
+
+
+def default_cache_path() -> Path:
+    """`$BIASMED_CACHE_DIR/responses.sqlite`, else the user cache dir (XDG on Linux)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env) / "responses.sqlite"
+    base = os.environ.get("XDG_CACHE_HOME") or (
+        str(Path.home() / "Library" / "Caches") if os.uname().sysname == "Darwin" else str(Path.home() / ".cache"))
+    return Path(base) / "biasmed" / "responses.sqlite"
+
+
+def cache_key(identity: Mapping[str, Any], params: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]) -> str:
+    """sha256 of the canonical JSON of every part that changes a response (no secrets)."""
+    parts = {"v": KEY_VERSION, "model": dict(identity), "params": dict(params), "messages": list(messages)}
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
+    return conn
+
+
+def _with_retries(fn: Any, attempts: int = 20) -> Any:
+    """Run `fn`; retry 'database is locked/busy' (busy_timeout covers most, not all, cases)."""
+    delay = 0.01
+    for i in range(attempts):
+        try:
+            return fn()
+        except sqlite3.OperationalError as e:
+            msg = str(e).lower()
+            if ("locked" not in msg and "busy" not in msg) or i == attempts - 1:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+class ResponseCache:
+    """get / get_many from any thread; put queues to the writer thread; flush() waits for it."""
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, batch_window_s: float = 0.02):
+        self.path = Path(path) if path else default_cache_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        setup = _connect(self.path)
+        try:
+            # WAL is a property of the file: set once, every later connection inherits it
+            _with_retries(lambda: setup.execute("PRAGMA journal_mode=WAL"))
+            _with_retries(lambda: setup.execute(_SCHEMA))
+        finally:
+            setup.close()
+        try:
+            os.chmod(self.path, 0o600)  # responses may be private; the file is the user's alone
+        except OSError:
+            pass
+        self._queue: queue.Queue[tuple[str, str, str | None, float] | threading.Event | None] = queue.Queue()
+        self._window = batch_window_s
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="biasmed-cache-writer", daemon=True)
+        self._writer.start()
+        self.hits = 0
+        self.misses = 0
+
+    # -- reads (any thread) ------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        row = _with_retries(lambda: self._conn().execute(
+            "SELECT value FROM responses WHERE key = ?", (key,)).fetchone())
+        if row is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return json.loads(row[0])
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Bulk lookup (hundreds of keys per query): the fast path of a resumed or repeated run."""
+        keys = list(dict.fromkeys(keys))
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = _with_retries(lambda: self._conn().execute(
+                f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk).fetchall())
+            out.update((k, json.loads(v)) for k, v in rows)
+        return out
+
+    def __contains__(self, key: str) -> bool:
+        return _with_retries(lambda: self._conn().execute(
+            "SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone()) is not None
+
+    def __len__(self) -> int:
+        return _with_retries(lambda: self._conn().execute("SELECT COUNT(*) FROM responses").fetchone()[0])
+
+    # -- writes (queued to the writer thread) ------------------------------------------------
+    def put(self, key: str, value: Mapping[str, Any], model: str | None = None) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"response cache {self.path}: writer failed: {self._error}")
+        self._queue.put((key, json.dumps(value, ensure_ascii=False), model, time.time()))
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Block until everything put so far is committed."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+        if self._error is not None:
+            raise RuntimeError(f"response cache {self.path}: writer failed: {self._error}")
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join(60)
+        with self._conns_lock:
+            for c in self._conns:
+                try:
+                    c.close()
+                except sqlite3.Error:
+                    pass
+            self._conns.clear()
+
+    def __enter__(self) -> "ResponseCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _write_loop(self) -> None:
+        conn = _connect(self.path)
+        conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across process crashes
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            rows: list[tuple[str, str, str | None, float]] = []
+            events: list[threading.Event] = []
+            deadline = time.monotonic() + self._window
+            # gather a batch: one transaction for everything that arrives within the window
+            while True:
+                if item is None:
+                    stop = True
+                elif isinstance(item, threading.Event):
+                    events.append(item)
+                else:
+                    rows.append(item)
+                if stop or events:
+                    break
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+            if rows:
+                try:
+                    _with_retries(lambda: self._commit(conn, rows))
+                except BaseException as e:  # keep serving flush() so callers see the error
+                    self._error = e
+            for ev in events:
+                ev.set()
+        conn.close()
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, rows: list[tuple[str, str, str | None, float]]) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany("INSERT OR REPLACE INTO responses (key, value, model, created) VALUES (?, ?, ?, ?)", rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise

@@ -1,0 +1,170 @@
+"""PNG plots of a summary (matplotlib, Agg backend: no display needed).
+
+- `accuracy_<model>.png`: accuracy per bias with 95% CI bars, one bar per mitigation;
+- `radar_<mitigation>.png`: the paper-style radar, accuracy on each bias axis, one polygon per model;
+- `adoption_<model>.png`: adoption of the planted letter per bias and mitigation, with its
+  paired baseline (the same letter's share among the unbiased answers).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from biasmed.records import BIASES, MITIGATIONS, NONE, V2_BIASES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+_LABELS = {NONE: "unbiased", "self_diagnosis": "self-diagnosis", "recency": "recency",
+           "confirmation": "confirmation", "frequency": "frequency", "cultural": "cultural",
+           "status_quo": "status quo", "false_consensus": "false consensus",
+           "confirmation_v2": "confirmation v2", "false_consensus_v2": "false consensus v2"}
+_ORDER = (NONE, *BIASES, *V2_BIASES)
+_DPI = 110
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def _subtitle(summary: "pd.DataFrame") -> str:
+    conv = summary.attrs.get("convention", summary["convention"].iloc[0] if len(summary) else "?")
+    demo = "  |  DEMO SET, not MedQA" if bool(summary["is_demo"].any()) else ""
+    return f"convention: {conv}{demo}"
+
+
+def _biases(m: "pd.DataFrame") -> list[str]:
+    present = set(m["bias"])
+    return [b for b in _ORDER if b in present] + sorted(present - set(_ORDER))
+
+
+def _mitigations(m: "pd.DataFrame") -> list[str]:
+    present = set(m["mitigation"])
+    return [x for x in MITIGATIONS if x in present] + sorted(present - set(MITIGATIONS))
+
+
+def plot_accuracy(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str]) -> Path:
+    import numpy as np
+
+    plt = _pyplot()
+    m = summary[(summary["model"] == model) & (summary["draw"] == 0)]
+    biases, mits = _biases(m), _mitigations(m)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(biases) + 2), 4.6))
+    width = 0.8 / max(1, len(mits))
+    x = np.arange(len(biases))
+    for j, mit in enumerate(mits):
+        acc, lo, hi = [], [], []
+        for b in biases:
+            r = m[(m["bias"] == b) & (m["mitigation"] == mit)]
+            if r.empty:
+                acc.append(np.nan), lo.append(0.0), hi.append(0.0)
+                continue
+            r = r.iloc[0]
+            acc.append(r["accuracy"])
+            lo.append(max(0.0, r["accuracy"] - r["acc_lo"]) if not math.isnan(r["acc_lo"]) else 0.0)
+            hi.append(max(0.0, r["acc_hi"] - r["accuracy"]) if not math.isnan(r["acc_hi"]) else 0.0)
+        ax.bar(x + (j - (len(mits) - 1) / 2) * width, acc, width, yerr=[lo, hi], capsize=2,
+               label=mit, error_kw={"elinewidth": 0.8})
+    base = m[(m["bias"] == NONE) & (m["mitigation"] == "none")]
+    if len(base):
+        ax.axhline(float(base["accuracy"].iloc[0]), color="0.3", lw=0.8, ls="--", label="unbiased, no mitigation")
+    ax.set_xticks(x, [_LABELS.get(b, b) for b in biases], rotation=30, ha="right")
+    ax.set_ylabel("accuracy (95% Wilson CI)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{model}: accuracy per bias and mitigation\n{_subtitle(summary)}", fontsize=10)
+    ax.legend(fontsize=8, ncol=2, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_radar(summary: "pd.DataFrame", mitigation: str, path: str | os.PathLike[str]) -> Path:
+    """Accuracy on each axis (unbiased + biases), one polygon per model, like the paper's figure."""
+    import numpy as np
+
+    plt = _pyplot()
+    main = summary[summary["draw"] == 0]
+    m = main[main["mitigation"] == mitigation]
+    # the unbiased axis is always the no-mitigation baseline, as in the paper's radar charts
+    axes = [b for b in _ORDER if b in set(m["bias"]) or b == NONE]
+    angles = np.linspace(0, 2 * np.pi, len(axes), endpoint=False)
+    fig = plt.figure(figsize=(6.4, 6.4))
+    ax = fig.add_subplot(111, projection="polar")
+    for model in sorted(set(m["model"])):
+        vals = []
+        for b in axes:
+            src = main[(main["model"] == model) & (main["bias"] == b)
+                       & (main["mitigation"] == ("none" if b == NONE else mitigation))]
+            vals.append(float(src["accuracy"].iloc[0]) if len(src) else np.nan)
+        v = np.array(vals + vals[:1])
+        a = np.concatenate([angles, angles[:1]])
+        ax.plot(a, v, marker="o", ms=3, lw=1.2, label=model)
+        ax.fill(a, np.nan_to_num(v), alpha=0.08)
+    ax.set_xticks(angles, [_LABELS.get(b, b) for b in axes], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Accuracy per bias, mitigation: {mitigation}\n{_subtitle(summary)}", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.32, 1.12))
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_adoption(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str]) -> Path:
+    import numpy as np
+
+    plt = _pyplot()
+    m = summary[(summary["model"] == model) & (summary["draw"] == 0) & (summary["bias"] != NONE)]
+    biases, mits = _biases(m), _mitigations(m)
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(biases) + 2), 4.6))
+    width = 0.8 / max(1, len(mits))
+    x = np.arange(len(biases))
+    for j, mit in enumerate(mits):
+        vals, base = [], []
+        for b in biases:
+            r = m[(m["bias"] == b) & (m["mitigation"] == mit)]
+            vals.append(float(r["adoption"].iloc[0]) if len(r) else np.nan)
+            base.append(float(r["adoption_base"].iloc[0]) if len(r) else np.nan)
+        xs = x + (j - (len(mits) - 1) / 2) * width
+        ax.bar(xs, vals, width, label=f"{mit}")
+        ax.scatter(xs, base, marker="_", s=140, color="black", zorder=3,
+                   label="baseline (same letter, unbiased answers)" if j == 0 else None)
+    ax.set_xticks(x, [_LABELS.get(b, b) for b in biases], rotation=30, ha="right")
+    ax.set_ylabel("share of answers = planted letter")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{model}: adoption of the planted wrong answer\n{_subtitle(summary)}", fontsize=10)
+    ax.legend(fontsize=8, ncol=2, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=_DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_plots(summary: "pd.DataFrame", out_dir: str | os.PathLike[str]) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    models = list(dict.fromkeys(summary["model"]))
+    for model in models:
+        paths.append(plot_accuracy(summary, model, out / f"accuracy_{slug(model)}.png"))
+    for mit in _mitigations(summary):
+        if (summary["mitigation"] == mit).any() and (summary[summary["mitigation"] == mit]["bias"] != NONE).any():
+            paths.append(plot_radar(summary, mit, out / f"radar_{slug(mit)}.png"))
+    for model in models:
+        if (summary[summary["model"] == model]["bias"] != NONE).any():
+            paths.append(plot_adoption(summary, model, out / f"adoption_{slug(model)}.png"))
+    return paths

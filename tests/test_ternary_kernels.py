@@ -1,0 +1,176 @@
+"""Packed ternary weights and the int8 x ternary kernels (PyTorch reference and Triton).
+
+The Triton kernel runs on CPU tensors under ``TRITON_INTERPRET=1`` (set below, before triton is
+first imported), on small shapes so the interpreter stays quick.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import triton`
+
+torch = pytest.importorskip("torch")
+
+from biasmed.ternary.kernels import (  # noqa: E402
+    resolve_backend,
+    ternary_linear,
+    ternary_matmul,
+    ternary_matmul_reference,
+)
+from biasmed.ternary.packing import PackedTernary, pack_ternary, pack_weight, unpack_ternary  # noqa: E402
+from biasmed.ternary.quant import (  # noqa: E402
+    bitlinear_latent,
+    fake_quantize_activations,
+    fake_quantize_weight,
+    quantize_activations,
+)
+
+SHAPES = [(1, 64, 48), (5, 130, 17), (33, 256, 96)]  # (M, K, N); K=130 is not a multiple of 4
+
+
+def _case(m: int, k: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, PackedTernary]:
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(n, k, generator=gen)
+    x_q = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+    return x_q, weight, pack_weight(weight)
+
+
+def _exact(x_q: torch.Tensor, w: PackedTernary) -> torch.Tensor:
+    """Independent int64 product from the unpacked trits."""
+    return (x_q.long() @ w.unpack().long().T).to(torch.int32)
+
+
+# --------------------------------------------------------------------------- packing
+
+
+@pytest.mark.parametrize("k", [1, 4, 7, 130])
+def test_pack_unpack_roundtrip_and_layout(k: int) -> None:
+    gen = torch.Generator().manual_seed(k)
+    trits = torch.randint(-1, 2, (6, k), generator=gen, dtype=torch.int8)
+    data = pack_ternary(trits)
+    kq = (k + 3) // 4
+    assert data.dtype == torch.uint8 and data.shape == (6, kq)
+    assert torch.equal(unpack_ternary(data, k), trits)
+    # documented layout: column i*Kq + j lives in bits 2i..2i+1 of byte j, as code trit + 1
+    for col in range(k):
+        i, j = divmod(col, kq)
+        code = (data[:, j].long() >> (2 * i)) & 3
+        assert torch.equal(code - 1, trits[:, col].long())
+    codes = torch.stack([(data.long() >> s) & 3 for s in (0, 2, 4, 6)])
+    assert not (codes == 3).any()  # code 3 never used; padding is trit 0
+
+
+def test_pack_rejects_non_ternary() -> None:
+    with pytest.raises(ValueError, match="-1, 0, 1"):
+        pack_ternary(torch.tensor([[2, 0]], dtype=torch.int8))
+
+
+def test_pack_weight_is_ternary_and_one_seventh_of_bf16() -> None:
+    weight = torch.randn(96, 256, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    w = pack_weight(weight)
+    trits = w.unpack()
+    assert set(trits.unique().tolist()) == {-1, 0, 1}
+    assert w.scale.dtype == torch.float32 and w.scale.dim() == 0
+    torch.testing.assert_close(w.dequantize(), fake_quantize_weight(weight), rtol=1e-6, atol=1e-7)
+    bf16_bytes = weight.numel() * weight.element_size()
+    assert w.nbytes == 96 * 64 + 4
+    assert w.nbytes <= bf16_bytes / 7
+
+
+# --------------------------------------------------------------------------- reference kernel
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_matmul_is_exact(shape: tuple[int, int, int]) -> None:
+    x_q, _, w = _case(*shape, seed=1)
+    want = _exact(x_q, w)
+    got = ternary_matmul_reference(x_q, w)
+    assert got.dtype == torch.int32 and torch.equal(got, want)
+    # a tiny chunk forces many unpack blocks, including a ragged last one
+    assert torch.equal(ternary_matmul_reference(x_q, w, chunk_bytes=4 * w.quarter * 5), want)
+
+
+def test_dispatcher_shapes_and_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    x_q, _, w = _case(6, 64, 40, seed=2)
+    x3 = x_q.reshape(2, 3, 64)
+    assert torch.equal(ternary_matmul(x3, w), _exact(x_q, w).reshape(2, 3, 40))
+    assert resolve_backend("auto", torch.device("cpu")) == "reference"
+    monkeypatch.setenv("BIASMED_TERNARY_BACKEND", "triton")
+    assert resolve_backend("auto", torch.device("cpu")) == "triton"
+    assert resolve_backend("reference", torch.device("cpu")) == "reference"
+    with pytest.raises(ValueError, match="unknown ternary backend"):
+        resolve_backend("cuda-magic", torch.device("cpu"))
+    with pytest.raises(ValueError, match="features"):
+        ternary_matmul(torch.zeros(1, 63, dtype=torch.int8), w, backend="reference")
+
+
+def test_bitlinear_paths_agree_with_published_fake_quant() -> None:
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 5, 128, generator=gen)
+    weight = torch.randn(72, 128, generator=gen)
+    x_q, x_scale = quantize_activations(x)
+    assert x_q.dtype == torch.int8 and int(x_q.abs().max()) == 127
+    packed = ternary_linear(x_q, x_scale, pack_weight(weight), backend="reference")
+    assert torch.equal(packed, bitlinear_latent(x, weight))  # exact integer sums both ways
+    published = torch.nn.functional.linear(fake_quantize_activations(x), fake_quantize_weight(weight))
+    torch.testing.assert_close(packed, published, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- Triton kernel
+
+
+@pytest.fixture(scope="module")
+def triton_kernel():
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(f"triton cannot be imported here ({exc}); the GPU kernel is untested")
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("triton was configured without TRITON_INTERPRET=1 and there is no GPU")
+    from biasmed.ternary import triton_kernel
+
+    return triton_kernel
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_triton_matmul_equals_reference_exactly(triton_kernel, shape: tuple[int, int, int]) -> None:
+    x_q, _, w = _case(*shape, seed=4)
+    want = ternary_matmul_reference(x_q, w)
+    assert torch.equal(triton_kernel.ternary_matmul_triton(x_q, w), want)
+    split = triton_kernel.LaunchConfig(block_m=16, block_n=32, block_kq=16, split_k=3)
+    assert torch.equal(triton_kernel.ternary_matmul_triton(x_q, w, split), want)
+
+
+def test_triton_dequantized_output_matches_reference(triton_kernel) -> None:
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(7, 96, generator=gen)
+    w = pack_weight(torch.randn(40, 96, generator=gen))
+    x_q, x_scale = quantize_activations(x)
+    want = ternary_linear(x_q, x_scale, w, backend="reference")
+    fused = triton_kernel.ternary_linear_triton(x_q, x_scale, w)
+    split = triton_kernel.ternary_linear_triton(x_q, x_scale, w, triton_kernel.LaunchConfig(16, 32, 16, 2))
+    torch.testing.assert_close(fused, want, rtol=1e-6, atol=0)
+    torch.testing.assert_close(split, want, rtol=1e-6, atol=0)
+    assert torch.equal(ternary_linear(x_q, x_scale, w, backend="triton"), fused)
+
+
+def test_tiny_model_forward_on_triton_backend(triton_kernel, tmp_path) -> None:
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForCausalLM
+
+    import biasmed.ternary  # noqa: F401  (registers hgrn_bit)
+    from biasmed.ternary.checkpoint import make_tiny_hgrn_checkpoint
+
+    ckpt = make_tiny_hgrn_checkpoint(tmp_path / "m", hidden_size=32, intermediate_size=32, with_tokenizer=False)
+
+    model = AutoModelForCausalLM.from_pretrained(str(ckpt), packed_ternary=True)
+    ids = torch.randint(3, 384, (1, 3), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        model.set_ternary_backend("reference")
+        want = model(input_ids=ids, use_cache=False).logits
+        model.set_ternary_backend("triton")
+        got = model(input_ids=ids, use_cache=False).logits
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
