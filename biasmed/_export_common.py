@@ -115,3 +115,121 @@ def check_role(role: str) -> str:
     if role not in ROLES:
         raise ValueError(f"role must be system or user, not {role!r}")
     return role
+
+
+# --------------------------------------------------------------------------- the dataset card
+
+_FIELDS = {
+    "id": "record id: `<question_id>|<bias>` (`|d<k>` for re-draw k of the targets)",
+    "question_id": "`<split>-<0-based line in the MedQA file>`, shared by a question's conditions (paired design)",
+    "split": "MedQA split of the question (test or dev)",
+    "bias": "`none` (the unbiased twin) or the bias planted in `text`",
+    "draw": "which draw of planted targets (0 = the default draw)",
+    "template_version": "bias and prompt wording (`paper-2024` or `paper-2023`)",
+    "target_mode": "how the planted letter was chosen: incorrect (the paper), correct, random; null when unbiased",
+    "seed": "seed of the target and demo draws",
+    "answer_idx": "the correct letter",
+    "answer": "the correct option's text",
+    "options": "letter -> option text (A-E, or A-D for the 4-option variant)",
+    "meta_info": "MedQA's step label (step1, step2&3)",
+    "question": "the original MedQA question",
+    "text": "the question with the bias sentence planted (equals `question` when unbiased)",
+    "bias_target": "the planted letter (null when unbiased)",
+    "bias_target_text": "the planted option's text",
+    "prompts": "mitigation -> the full prompt, byte-exact (ends with `### Answer: `, trailing space)",
+    "prompt_sha256": "mitigation -> sha256 of the prompt's UTF-8 bytes",
+    "demo_ids": "mitigation -> question ids of the one-/few-shot demos (null without demos)",
+}
+
+DEMO_WARNING = (
+    "**This dataset was built from biasmed's embedded DEMO SET** (illustrative vignettes written for "
+    "biasmed, not MedQA). It exercises the pipeline; figures computed on it are NOT BiasMedQA results."
+)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")  # GitHub tables: an escaped pipe, even inside code spans
+
+
+def write_dataset_card(out_dir: str | os.PathLike[str]) -> Path:
+    """README.md for a dataset saved by `biasmed.export.save_hf_dataset`, from its columns and manifest."""
+    from datasets import load_from_disk
+
+    from biasmed.export import read_hf_manifest
+
+    out = Path(out_dir)
+    ds = load_from_disk(str(out))
+    man = read_hf_manifest(out)
+    dataset = man.get("dataset") or {}
+    is_demo = bool(dataset.get("is_demo"))
+    rows = "\n".join(f"| `{c}` | {_cell(_FIELDS.get(c, ''))} |" for c in ds.column_names)
+    biases = ", ".join(f"`{b}`" for b in man.get("biases") or []) or "(see the records)"
+    mits = ", ".join(f"`{m}`" for m in man.get("mitigations") or []) or "(see the records)"
+    lines = [
+        "---",
+        "license: mit",
+        "language:",
+        "- en",
+        "task_categories:",
+        "- question-answering",
+        "- multiple-choice",
+        f"pretty_name: BiasMedQA{' (demo set)' if is_demo else ''}",
+        "tags:",
+        "- medical",
+        "- cognitive-bias",
+        "- biasmed",
+        "---",
+        "",
+        f"# BiasMedQA{' (DEMO SET - not the benchmark)' if is_demo else ''}",
+        "",
+        *([DEMO_WARNING, ""] if is_demo else []),
+        "BiasMedQA (Schmidgall et al., *Evaluation and mitigation of cognitive biases in medical language "
+        "models*, npj Digital Medicine 2024; arXiv 2402.08113) plants one of seven cognitive biases "
+        "(self-diagnosis, recency, confirmation, frequency, cultural, status quo, false consensus) in "
+        "MedQA (USMLE) questions: a sentence that points at an incorrect option. Comparing a model's "
+        "answers with and without the sentence measures how far the bias bends them. Every biased "
+        "record sits beside its unbiased twin (same `question_id`).",
+        "",
+        "Written by `biasmed export --to hf` (or `biasmed build --format hf`). Load it with "
+        "`datasets.load_from_disk(PATH)`; the build manifest is stored as the dataset's `description`.",
+        "",
+        "## Build",
+        "",
+        f"- records: {ds.num_rows} ({man.get('questions', '?')} questions x {len(man.get('biases') or []) or '?'} conditions)",
+        f"- template version: `{man.get('template_version', '?')}` (sha256 `{man.get('template_sha256', '?')}`)",
+        f"- seed: {man.get('seed', '?')}; target mode: `{man.get('target_mode', '?')}`; draws: {man.get('draws', 1)}",
+        f"- biases: {biases}",
+        f"- mitigations: {mits}",
+        f"- source: `{dataset.get('source', '?')}` split `{dataset.get('split', '?')}`, "
+        f"{dataset.get('n_options', '?')} options, sha256 `{dataset.get('sha256', '?')}`",
+        f"- biasmed version: {man.get('biasmed_version', '?')}",
+        "",
+        "## Fields",
+        "",
+        "| field | meaning |",
+        "|---|---|",
+        rows,
+        "",
+        "## Licence",
+        "",
+        "The questions come from MedQA (Jin et al., 2021, github.com/jind11/MedQA), released under the "
+        "MIT licence: keep its copyright notice when you share this derived dataset. The bias and "
+        "prompt wording follows the BiasMedQA paper."
+        if not is_demo else
+        "The demo vignettes are part of biasmed (MIT licence); the bias and prompt wording follows the "
+        "BiasMedQA paper. "
+        "A build from MedQA (Jin et al., 2021, github.com/jind11/MedQA) carries MedQA's MIT licence.",
+        "",
+        "## Scoring",
+        "",
+        "The prompt asks for a single letter. biasmed reads replies with `biasmed.scoring` (robust rule: "
+        "a lone letter, `Answer: C`, `C: <option text>`, ...; empty or refusing replies are NR). Report "
+        "accuracy per condition, the paired drop from the unbiased twin, and the share of replies that "
+        "adopted `bias_target`.",
+        "",
+    ]
+    from biasmed.results import write_text_atomic
+
+    card = out / "README.md"
+    write_text_atomic(card, "\n".join(lines))
+    return card

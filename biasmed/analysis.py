@@ -194,6 +194,11 @@ def _select_rows(df: "pd.DataFrame", convention: str) -> "pd.DataFrame":
     return df[keep].reset_index(drop=True)
 
 
+def _strs(col: "pd.Series") -> list[str | None]:
+    """A column as str-or-None (pandas turns a missing string into NaN)."""
+    return [v if isinstance(v, str) else None for v in col.tolist()]
+
+
 def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
                 options: Mapping[str, Mapping[str, str]] | None = None) -> "pd.DataFrame":
     """Add the convention's per-sample score columns.
@@ -206,7 +211,8 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}")
-    df = _select_rows(df, convention).copy()
+    # positions, not labels, index the per-row lists below
+    df = _select_rows(df, convention).reset_index(drop=True)
     n = len(df)
     letters: list[str | None] = [None] * n
     rules: list[str] = [""] * n
@@ -216,13 +222,13 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
     wt = np.ones(n, dtype=np.int64)
     wn = np.zeros(n, dtype=np.int64)
     opts = options or {}
-    resp = df["response"].tolist()
-    gold = df["answer_idx"].tolist()
-    qids = df["question_id"].tolist()
+    resp = _strs(df["response"])
+    gold = _strs(df["answer_idx"])
+    qids = _strs(df["question_id"])
     modes = df["mode"].fillna("generate").tolist()
     lps = df["logprobs"].tolist()
     nopt = df["n_options"].fillna(5).astype(int).tolist()
-    logged = df["logged_is_correct_raw"].tolist()
+    logged = _strs(df["logged_is_correct_raw"])
     is_log = (df["run_kind"] == PAPER_LOGS_KIND).to_numpy() & df["logged_is_correct"].notna().to_numpy()
 
     if convention == "paper" and is_log.any():

@@ -173,14 +173,27 @@ def read_benchmark_file(path: str | os.PathLike[str], mitigations: Sequence[str]
     return out
 
 
-def targets_from_run(run_dir: str | os.PathLike[str]) -> dict[tuple[str, str], str]:
-    """(question id, bias) -> planted letter, read from a run (e.g. the paper's imported logs)."""
+def targets_from_run(run_dir: str | os.PathLike[str], mitigation: str | None = None,
+                     template_version: str | None = None) -> dict[tuple[str, str], str]:
+    """(question id, bias) -> planted letter, read from a run (e.g. the paper's imported logs).
+
+    The paper drew fresh targets for every log file, so one (question, bias) has different letters
+    under different mitigations and wordings: filter on them to rebuild one published condition.
+    Re-judged copies (`extra.ae`) carry the same prompts and are skipped.
+    """
     from biasmed.results import read_samples
 
     out: dict[tuple[str, str], str] = {}
     for s in read_samples(run_dir):
-        if s.get("bias") not in (None, NONE) and s.get("bias_target") and s.get("question_id"):
-            out.setdefault((s["question_id"], s["bias"]), s["bias_target"])
+        if s.get("bias") in (None, NONE) or not s.get("bias_target") or not s.get("question_id"):
+            continue
+        if (s.get("extra") or {}).get("ae"):
+            continue
+        if mitigation is not None and s.get("mitigation") != mitigation:
+            continue
+        if template_version is not None and s.get("template_version") != template_version:
+            continue
+        out.setdefault((s["question_id"], s["bias"]), s["bias_target"])
     return out
 
 

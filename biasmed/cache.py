@@ -15,6 +15,7 @@ import json
 import os
 import queue
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,9 +40,15 @@ def default_cache_path() -> Path:
     env = os.environ.get(CACHE_ENV)
     if env:
         return Path(env) / "responses.sqlite"
-    base = os.environ.get("XDG_CACHE_HOME") or (
-        str(Path.home() / "Library" / "Caches") if os.uname().sysname == "Darwin" else str(Path.home() / ".cache"))
-    return Path(base) / "biasmed" / "responses.sqlite"
+    if os.environ.get("XDG_CACHE_HOME"):
+        base = Path(os.environ["XDG_CACHE_HOME"])
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    elif sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        base = Path.home() / ".cache"
+    return base / "biasmed" / "responses.sqlite"
 
 
 def cache_key(identity: Mapping[str, Any], params: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]) -> str:

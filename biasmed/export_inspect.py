@@ -77,7 +77,7 @@ from pathlib import Path
 from inspect_ai import Task, task
 from inspect_ai.dataset import Sample, json_dataset
 from inspect_ai.model import ChatMessageSystem, ChatMessageUser, GenerateConfig
-from inspect_ai.scorer import SampleScore, Score, Target, metric, scorer
+from inspect_ai.scorer import Metric, SampleScore, Score, Target, metric, scorer
 from inspect_ai.solver import TaskState, generate
 
 DATA = Path(__file__).with_name("@DATA@")
@@ -98,10 +98,9 @@ def _to_sample(role):
     return convert
 
 
-@metric
-def rate(key: str):
-    """Mean of one score component over the samples that have it (adopted: biased ones only)."""
-
+def _mean_of(key: str) -> Metric:
+    # inspect reads the annotation to hand over SampleScores; samples without the component
+    # (adopted on unbiased prompts) do not count
     def compute(scores: list[SampleScore]) -> float:
         values = [v for v in (s.score.value.get(key) for s in scores) if v is not None]
         return sum(values) / len(values) if values else 0.0
@@ -109,7 +108,25 @@ def rate(key: str):
     return compute
 
 
-@scorer(metrics=[rate("acc"), rate("nr"), rate("adopted")])
+@metric
+def acc() -> Metric:
+    """Share of replies whose extracted letter is the correct one."""
+    return _mean_of("acc")
+
+
+@metric
+def nr() -> Metric:
+    """Share of replies with no usable answer (empty, refusal)."""
+    return _mean_of("nr")
+
+
+@metric
+def adopted() -> Metric:
+    """Share of biased replies that chose the planted letter."""
+    return _mean_of("adopted")
+
+
+@scorer(metrics=[acc(), nr(), adopted()])
 def biasmed_letter():
     """The option letter read the way `biasmed run` reads it (biasmed.scoring, robust rule)."""
     from biasmed.scoring import score
@@ -118,8 +135,9 @@ def biasmed_letter():
         meta = state.metadata
         reply = state.output.completion if state.output and state.output.choices else None
         s = score(reply, meta["answer_idx"], "robust", meta["options"])
-        value = {"acc": float(s.correct), "nr": float(s.nr),
-                 "adopted": float(s.letter == meta["bias_target"]) if meta["bias_target"] else None}
+        value = {"acc": float(s.correct), "nr": float(s.nr)}
+        if meta["bias_target"]:  # unbiased samples have nothing to adopt: no component at all
+            value["adopted"] = float(s.letter == meta["bias_target"])
         return Score(value=value, answer=s.letter, explanation=reply,
                      metadata={"rule": s.rule, "extracted": s.letter})
 
@@ -127,14 +145,18 @@ def biasmed_letter():
 
 
 @task
-def @NAME@(role: str = ROLE, bias: str | None = None, mitigation: str | None = None) -> Task:
+def @NAME@(
+    role: str = ROLE, bias: str | list[str] | None = None, mitigation: str | list[str] | None = None,
+) -> Task:
     """BiasMedQA; `bias` / `mitigation` keep one condition (comma lists work too)."""
     if role not in ("system", "user"):
         raise ValueError(f"role must be system or user, not {role!r}")
     dataset = json_dataset(str(DATA), _to_sample(role), name="@NAME@")
     for field, wanted in (("bias", bias), ("mitigation", mitigation)):
         if wanted:
-            keep = {w.strip() for w in str(wanted).split(",")}
+            # `-T bias=a,b` may arrive as a list or as one comma string
+            items = wanted if isinstance(wanted, (list, tuple)) else str(wanted).split(",")
+            keep = {str(w).strip() for w in items}
             dataset = dataset.filter(lambda s, f=field, k=keep: s.metadata[f] in k)
     return Task(dataset=dataset, solver=generate(), scorer=biasmed_letter(),
                 config=GenerateConfig(max_tokens=MAX_TOKENS, temperature=TEMPERATURE))

@@ -84,9 +84,10 @@ def _q(text: str) -> str:
 
 
 def _template_yaml(role: str, max_tokens: int, temperature: float) -> str:
-    # role "system": `description` names a document field, so lm-eval takes the prompt from the
-    # document verbatim and sends it as the system message (utils.doc_to_text then returns "")
-    description = _q("prompt") if role == "system" else _q("")
+    # role "system": the description is the prompt and lm-eval sends it as the system message
+    # (utils.doc_to_text then returns ""). A template that is only `{{prompt}}` renders the value
+    # unchanged in every lm-eval version; no literal template text surrounds it to be trimmed.
+    description = _q("{{prompt}}") if role == "system" else _q("")
     return f"""\
 # BiasMedQA task template (written by `biasmed export --to lm-eval`); the tasks include it.
 custom_dataset: !function utils.load_docs

@@ -15,8 +15,9 @@ mitigation part is `-mitigated` (education, 2023 runs), `_education` (2024 runs)
 Each record is matched back to its MedQA question (the logs hold no ids): the planted bias sentence
 is found and removed, and the remaining text looked up in MedQA, whitespace-normalised (the
 confirmation split re-joins sentences with one space). The 2023 runs wrote some questions as raw
-JSON text (literal `\\n`, `\\"`), so a JSON-unescaped form is tried next, then the options, then a
-fuzzy comparison near the expected position (the logs follow MedQA's order). Meditron's two flat
+JSON text (literal `\\n`, `\\"`), so a JSON-unescaped form is tried next, then a nearly identical
+text among questions with the same options or near the expected position (the logs follow MedQA's
+order). Records still unmatched keep `question_id` None and are reported. Meditron's two flat
 files are unbiased runs on the first 500 test questions, with their own prompt frame.
 """
 
@@ -42,7 +43,7 @@ TILDES = "~" * 100
 # A record starts at a line of exactly 100 tildes followed by "PROMPT:" (tildes inside a prompt or
 # a reply do not start a record).
 _HEAD = "\n" + TILDES + "\nPROMPT:\n"
-_NAME = re.compile(r"^(?P<ae>ae_)?bias_output(?P<rest>.*)\.txt$")
+_NAME = re.compile(r"^(?P<ae>ae_)?bias_output(?P<rest>_[\w.+-]+)?\.txt$")
 _OPTION_LETTERS = "ABCDE"
 
 # Template versions told apart by the instruction's first line (the 2024 code misspelt "purposes").
@@ -86,7 +87,7 @@ def parse_log_name(name: str, known_biases: Iterable[str] | None = None) -> LogN
     """`[ae_]bias_output[_{bias}][{mitigation}]_{model}.txt` -> LogName (ValueError if not a log)."""
     base = os.path.basename(name)
     m = _NAME.match(base)
-    if not m or not m.group("rest").startswith("_"):
+    if not m or not m.group("rest"):
         raise ValueError(f"{name}: not a BiasMedQA log file name ([ae_]bias_output[_bias][_mitigation]_model.txt)")
     # model names carry '-' and '.', never '_'; bias names carry '_'
     condition, _, model = m.group("rest")[1:].rpartition("_")
@@ -373,18 +374,19 @@ class QuestionIndex:
                 return Match(self.questions[i], "unescaped", True), i
         else:
             uq, uo = question, options
-        cands = self._by_options.get(_norm(uo), [])
-        if len(cands) == 1:
-            return Match(self.questions[cands[0]], "options", has_escapes), cands[0]
-        # last resort: the nearest questions in file order, accepted only when nearly identical
-        window = cands or range(max(0, hint - 3), min(len(self.questions), hint + 4))
-        best, best_ratio = None, 0.0
-        for j in window:
-            ratio = difflib.SequenceMatcher(None, _norm(uq), _norm(self.questions[j].question), autojunk=False).ratio()
-            if ratio > best_ratio:
-                best, best_ratio = j, ratio
-        if best is not None and best_ratio >= 0.9:
-            return Match(self.questions[best], "fuzzy", has_escapes), best
+        # last resort: a nearly identical text among the questions with the same options, else
+        # among the nearest questions in file order (never the options alone: they repeat)
+        same_options = self._by_options.get(_norm(uo), [])
+        near = range(max(0, hint - 3), min(len(self.questions), hint + 4))
+        text = _norm(uq)
+        for kind, cands, threshold in (("options", same_options, 0.8), ("fuzzy", near, 0.9)):
+            best, best_ratio = -1, 0.0
+            for j in cands:
+                ratio = difflib.SequenceMatcher(None, text, _norm(self.questions[j].question), autojunk=False).ratio()
+                if ratio > best_ratio:
+                    best, best_ratio = j, ratio
+            if best >= 0 and best_ratio >= threshold:
+                return Match(self.questions[best], kind, has_escapes), best
         return Match(None, None, has_escapes), -1
 
     def _pick(self, cands: list[int] | None, options: str, hint: int) -> int | None:
@@ -415,7 +417,7 @@ class PaperRecord:
     index: int  # position in its file
     prompt: str
     response: str
-    logged_is_correct: str  # "True" | "False" | "NR" | raw judge text when unparseable
+    logged_is_correct: str  # "True" | "False" | "NR" | "unparsed" (see normalise_verdict)
     logged_is_correct_raw: str
     answer_idx: str  # from the CORRECT ANSWER line
     question_id: str | None
@@ -424,30 +426,31 @@ class PaperRecord:
     target: str | None  # the planted letter (None when unbiased or not found)
     question_text: str  # the logged target question (bias sentence included)
     demo_block: str = ""  # one-shot/few-shot: the prompt's text between instruction and target
-
-    @property
-    def condition(self) -> tuple[str, str, str | None]:
-        return (self.bias, self.mitigation, self.template_version)
+    stand_in_id: str = ""  # for an unmatched question: "unmatched-<hash of its bias-free text>"
 
 
 _VERDICT = re.compile(r"\b(True|False|NR)\b")
 
 
 def normalise_verdict(raw: str) -> str:
-    """'True'/'False'/'NR' from a logged IS_CORRECT (the judges in ae_ files wrote prose)."""
+    """'True'/'False'/'NR' from a logged IS_CORRECT (the judges in ae_ files wrote prose, e.g.
+    "Scenario 1:\nCORRECT ANSWER: ...\nEvaluation: False"); "unparsed" when none is found."""
     head = raw.strip().split(None, 1)[0].rstrip(".,:;") if raw.strip() else ""
     if head in ("True", "False", "NR"):
         return head
-    m = re.search(r"Evaluation:\s*(True|False|NR)", raw)
+    m = re.search(r"(?i:evaluation):\s*(True|False|NR)", raw)
     if m:
         return m.group(1)
     found = _VERDICT.findall(raw)
-    return found[-1] if found else raw.strip()
+    return found[-1] if found else "unparsed"
 
 
 @dataclass
 class FileReport:
+    """What one log file held and how well it matched MedQA (listed in run.json)."""
+
     name: str
+    source: str  # the path it was read from ("archive.tar.xz:member" inside an archive)
     model: str
     bias: str
     mitigation: str
@@ -458,13 +461,14 @@ class FileReport:
     in_order: bool = True  # matched question ids strictly increase along the file
     match_kinds: dict[str, int] = field(default_factory=dict)
     no_target: int = 0  # biased records whose sentence was not found
+    answer_mismatch: int = 0  # matched records whose logged CORRECT ANSWER letter is not MedQA's
     unmatched: list[int] = field(default_factory=list)  # record indices
 
 
 def interpret(raw: Sequence[RawRecord], name: LogName, log_file: str, index: QuestionIndex | None,
               source: str) -> tuple[list[PaperRecord], FileReport]:
     """Raw records of one file -> PaperRecords (+ what matched and what did not)."""
-    rep = FileReport(log_file, name.model, name.bias, name.mitigation, name.ae, None, len(raw))
+    rep = FileReport(log_file, source, name.model, name.bias, name.mitigation, name.ae, None, len(raw))
     kinds: Counter[str] = Counter()
     out: list[PaperRecord] = []
     hint, last = 0, -1
@@ -488,6 +492,7 @@ def interpret(raw: Sequence[RawRecord], name: LogName, log_file: str, index: Que
             kind, escaped = m.kind, m.escaped
             if m.question is not None:
                 qid = m.question.id
+                rep.answer_mismatch += m.question.answer_idx != r.answer_idx
                 if i <= last:
                     rep.in_order = False
                 last, hint = i, i + 1
@@ -496,13 +501,14 @@ def interpret(raw: Sequence[RawRecord], name: LogName, log_file: str, index: Que
                 rep.unmatched.append(r.index)
                 hint += 1
             kinds[kind or "unmatched"] += 1
+        stand_in = "" if qid else unmatched_id(clean)
         verdict = normalise_verdict(r.is_correct)
         out.append(PaperRecord(
             model=name.model, bias=name.bias, mitigation=name.mitigation, template_version=version,
             ae=name.ae, log_file=log_file, index=r.index, prompt=r.prompt, response=r.response,
             logged_is_correct=verdict, logged_is_correct_raw=r.is_correct, answer_idx=r.answer_idx,
             question_id=qid, match=kind, escaped=escaped, target=planted.target if planted else None,
-            question_text=parts.question, demo_block=_demo_block(r.prompt, parts),
+            question_text=parts.question, demo_block=_demo_block(r.prompt, parts), stand_in_id=stand_in,
         ))
     rep.match_kinds = dict(sorted(kinds.items()))
     return out, rep
@@ -634,9 +640,11 @@ def sample_id(question_id: str, bias: str, mitigation: str, ae: bool) -> str:
     return f"{question_id}|{bias}|{mitigation}" + ("|ae" if ae else "")
 
 
-def unmatched_id(record: PaperRecord) -> str:
-    """A stable stand-in id for a question not found in MedQA: a hash of its logged text."""
-    return "unmatched-" + hashlib.sha256(_norm(record.question_text).encode()).hexdigest()[:10]
+def unmatched_id(question: str) -> str:
+    """A stable stand-in id for a question not found in MedQA: a hash of its bias-free text, so
+    the same question gets the same id under every bias and mitigation."""
+    text = _norm(json_unescape(question) if "\\" in question else question)
+    return "unmatched-" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def to_sample(rec: PaperRecord, n_options: int = 5) -> Sample:
@@ -645,7 +653,7 @@ def to_sample(rec: PaperRecord, n_options: int = 5) -> Sample:
     Plain files are scored with the paper's rule (first character == answer; empty -> NR), which
     reproduces their logged IS_CORRECT; ae_ files take the judge's verdict as `correct`/`nr`.
     """
-    qid = rec.question_id or unmatched_id(rec)
+    qid = rec.question_id or rec.stand_in_id or unmatched_id(rec.question_text)
     letter = paper_extract(rec.response, _OPTION_LETTERS[:n_options])
     if rec.ae:
         verdict = rec.logged_is_correct
@@ -656,16 +664,15 @@ def to_sample(rec: PaperRecord, n_options: int = 5) -> Sample:
         correct = (not nr) and rec.response[0] == rec.answer_idx
         rule = "nr" if nr else PAPER_RULE
     extra: dict[str, Any] = {
-        "logged_is_correct": rec.logged_is_correct,
+        "logged_is_correct": rec.logged_is_correct,  # "True" | "False" | "NR" | "unparsed"
+        "logged_is_correct_raw": rec.logged_is_correct_raw,  # verbatim (ae_ judges wrote prose)
         "ae": rec.ae,
         "log_file": rec.log_file,
-        "log_index": rec.index,
+        "log_index": rec.index,  # 0-based record position in log_file
         "match": rec.match,
     }
     if rec.escaped:
         extra["escaped"] = True
-    if rec.logged_is_correct_raw != rec.logged_is_correct:
-        extra["logged_is_correct_raw"] = rec.logged_is_correct_raw
     return Sample(
         sample_id=sample_id(qid, rec.bias, rec.mitigation, rec.ae),
         question_id=rec.question_id,  # None when unmatched (the sample_id says "unmatched-...")

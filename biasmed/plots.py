@@ -102,9 +102,10 @@ def plot_radar(summary: "pd.DataFrame", mitigation: str, path: str | os.PathLike
     # the unbiased axis is always the no-mitigation baseline, as in the paper's radar charts
     axes = [b for b in _ORDER if b in set(m["bias"]) or b == NONE]
     angles = np.linspace(0, 2 * np.pi, len(axes), endpoint=False)
-    fig = plt.figure(figsize=(6.4, 6.4))
-    ax = fig.add_subplot(111, projection="polar")
-    for model in sorted(set(m["model"])):
+    fig = plt.figure(figsize=(8.2, 6.6))
+    ax = fig.add_axes((0.1, 0.08, 0.58, 0.76), projection="polar")
+    # models with at least one biased condition under this mitigation (meditron has none)
+    for model in sorted(set(m.loc[m["bias"] != NONE, "model"])):
         vals = []
         for b in axes:
             src = main[(main["model"] == model) & (main["bias"] == b)
@@ -115,10 +116,11 @@ def plot_radar(summary: "pd.DataFrame", mitigation: str, path: str | os.PathLike
         ax.plot(a, v, marker="o", ms=3, lw=1.2, label=model)
         ax.fill(a, np.nan_to_num(v), alpha=0.08)
     ax.set_xticks(angles, [_LABELS.get(b, b) for b in axes], fontsize=8)
+    ax.tick_params(axis="x", pad=8)
     ax.set_ylim(0, 1)
-    ax.set_title(f"Accuracy per bias, mitigation: {mitigation}\n{_subtitle(summary)}", fontsize=10)
-    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.32, 1.12))
-    fig.tight_layout()
+    fig.suptitle(f"Accuracy per bias, mitigation: {mitigation} (unbiased axis: no mitigation)\n"
+                 f"{_subtitle(summary)}", fontsize=10)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(0.74, 0.5))
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)
     return Path(path)

@@ -12,7 +12,6 @@ import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 PRICES_ENV = "BIASMED_PRICES"
 _REPO = Path(__file__).resolve().parent.parent
@@ -86,23 +85,10 @@ def find_price(table: dict[str, tuple[float, float]], provider: str, model: str)
 
 
 def estimate_tokens(text: str) -> int:
-    """A cheap input-token estimate: tiktoken when installed (optional), else ~4 chars a token."""
-    enc = _tiktoken()
-    if enc is not None:
-        return len(enc.encode(text, disallowed_special=()))
+    """A cheap input-token estimate, ~4 characters a token (English prose with BPE tokenizers).
+
+    Used for --dry-run, --tpm pacing and --max-cost reservations; real usage from the responses
+    replaces it in the accounting. (tiktoken is deliberately not used: loading an encoding may
+    download it, and a dry run must work offline and instantly.)
+    """
     return max(1, (len(text) + 3) // 4)
-
-
-_ENC: Any = None
-
-
-def _tiktoken() -> Any:
-    global _ENC
-    if _ENC is None:
-        try:
-            import tiktoken  # optional; never a dependency
-
-            _ENC = tiktoken.get_encoding("o200k_base")
-        except Exception:  # not installed, or no cached encoding offline
-            _ENC = False
-    return _ENC or None

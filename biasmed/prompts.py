@@ -46,11 +46,16 @@ class Renderer:
     seed: int = 0
     role: str = "system"
 
+    def __post_init__(self) -> None:
+        self._pool_ids = frozenset(q.id for q in self.demo_pool)
+
     def choose_demos(self, question_id: str, mitigation: str) -> list[Question]:
         k = N_DEMOS[mitigation]
         if k == 0:
             return []
-        pool = [q for q in self.demo_pool if q.id != question_id]
+        pool = self.demo_pool
+        if question_id in self._pool_ids:  # only when demos and questions share a split
+            pool = [q for q in pool if q.id != question_id]
         if len(pool) < k:
             raise ValueError(f"{mitigation} needs {k} demo question(s); the demo pool has {len(pool)}")
         rng = _demo_rng(self.seed, question_id, mitigation)

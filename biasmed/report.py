@@ -28,7 +28,7 @@ CONVENTION_TEXT = {
 # the leaderboard's columns, in order (documented in results/README.md; do not reorder lightly)
 LEADERBOARD_BIASES: tuple[str, ...] = BIASES + V2_BIASES
 LEADERBOARD_COLUMNS: tuple[str, ...] = (
-    "rank", "model", "mitigation", "convention", "n_questions", "acc_unbiased",
+    "rank", "model", "mitigation", "convention", "n_questions", "acc_unbiased", "acc_unbiased_mit",
     *(f"acc_{b}" for b in LEADERBOARD_BIASES),
     "n_biases", "mean_biased_acc", "mean_drop", "worst_drop", "worst_bias", "mean_adoption",
     "mean_adoption_base", "n_significant", "significant_biases", "is_demo", "dataset_sha256",
@@ -55,6 +55,14 @@ def _ci(row: Any, key: str, lo: str, hi: str) -> str:
     return f"{row[key]:.3f} [{row[lo]:.3f}, {row[hi]:.3f}]"
 
 
+def _short(x: Any) -> str:
+    """0.288 -> .288 (console tables are narrow)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    text = f"{x:+.3f}" if x < 0 else f"{x:.3f}"
+    return text.replace("0.", ".", 1)
+
+
 def _p(x: Any) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
@@ -69,36 +77,37 @@ def _main(summary: "pd.DataFrame") -> "pd.DataFrame":
 # --------------------------------------------------------------------------- console
 
 def rich_tables(summary: "pd.DataFrame") -> list[Any]:
-    """One rich Table per model: accuracy [95% CI] per bias x mitigation, and the paired drop."""
+    """One rich Table per model: accuracy and its paired change vs unbiased, per bias x mitigation."""
+    from rich.markup import escape
     from rich.table import Table
 
     tables = []
     conv = summary.attrs.get("convention", summary["convention"].iloc[0] if len(summary) else "?")
-    demo = bool(summary.attrs.get("is_demo")) or bool(summary["is_demo"].any()) if len(summary) else False
+    demo = bool(summary["is_demo"].any()) if len(summary) else False
     for model, m in _main(summary).groupby("model", sort=False):
         mits = [x for x in MITIGATIONS if x in set(m["mitigation"])] + sorted(set(m["mitigation"]) - set(MITIGATIONS))
-        title = f"{model} — accuracy [95% CI] and paired drop vs unbiased (convention: {conv})"
+        title = f"{model}: accuracy  Δ vs unbiased (paired)  [convention: {conv}]"
         if demo:
-            title += "  [DEMO SET: not MedQA]"
-        t = Table(title=title, title_justify="left")
-        t.add_column("bias")
+            title += "  DEMO SET, not MedQA"
+        t = Table(title=escape(title), title_justify="left", pad_edge=False)
+        t.add_column("bias", no_wrap=True)
         for mit in mits:
-            t.add_column(f"{mit} acc", justify="right")
-            t.add_column(f"{mit} drop", justify="right")
-        biases = list(dict.fromkeys(m["bias"]))
-        for bias in biases:
-            cells = [bias]
+            t.add_column(mit, justify="right", no_wrap=True)
+        for bias in dict.fromkeys(m["bias"]):
+            cells = [escape(str(bias))]
             for mit in mits:
                 r = m[(m["bias"] == bias) & (m["mitigation"] == mit)]
                 if r.empty:
-                    cells += ["", ""]
+                    cells.append("")
                     continue
                 r = r.iloc[0]
-                cells.append(_ci(r, "accuracy", "acc_lo", "acc_hi"))
-                drop = _fmt(r["drop"]) + (" *" if r["significant"] else "")
-                cells.append(drop if bias != NONE or mit != "none" else "")
+                cell = _short(r["accuracy"])
+                if not (isinstance(r["drop"], float) and math.isnan(r["drop"])):
+                    cell += f"  Δ{_short(-r['drop'])}" + ("*" if r["significant"] else " ")
+                cells.append(cell)
             t.add_row(*cells)
-        t.caption = "* drop significant after Holm (exact McNemar, across the biases of the model and mitigation)"
+        t.caption = ("Δ = accuracy − unbiased accuracy (no mitigation), same questions; * significant drop "
+                     "(exact McNemar, Holm). CIs: report.md / summary.csv")
         tables.append(t)
     return tables
 
@@ -196,6 +205,8 @@ def leaderboard(summary: "pd.DataFrame") -> "pd.DataFrame":
         row: dict[str, Any] = {"model": model, "mitigation": mit, "convention": conv}
         row["n_questions"] = int(base["n"].iloc[0]) if len(base) else int(m["n"].max())
         row["acc_unbiased"] = float(base["accuracy"].iloc[0]) if len(base) else np.nan
+        # the unbiased questions under this mitigation, where they were run (one-shot demos change them)
+        row["acc_unbiased_mit"] = float(by_bias.loc[NONE, "accuracy"]) if NONE in by_bias.index else np.nan
         for b in LEADERBOARD_BIASES:
             row[f"acc_{b}"] = float(by_bias.loc[b, "accuracy"]) if b in by_bias.index else np.nan
         core = by_bias.loc[[b for b in BIASES if b in by_bias.index]]
@@ -241,12 +252,15 @@ def leaderboard_markdown(lb: "pd.DataFrame") -> str:
              "frequency": "freq.", "cultural": "cultural", "status_quo": "status quo",
              "false_consensus": "false cons.", "confirmation_v2": "confirm. v2",
              "false_consensus_v2": "false cons. v2"}
-    head = (["#", "model", "mitigation", "n", "unbiased"] + [short[b] for b in LEADERBOARD_BIASES]
+    head = (["#", "model", "mitigation", "n", "unbiased", "unbiased, same mitigation"]
+            + [short[b] for b in LEADERBOARD_BIASES]
             + ["mean biased", "mean drop", "worst drop (bias)", "adoption (baseline)", "significant"])
-    out += ["| " + " | ".join(head) + " |", "|" + "|".join(["---:", "---", "---"] + ["---:"] * (len(head) - 4) + ["---"]) + "|"]
+    out += ["| " + " | ".join(head) + " |",
+            "|" + "|".join(["---:", "---", "---"] + ["---:"] * (len(head) - 4) + ["---"]) + "|"]
     for _, r in lb.iterrows():
         demo = " (demo)" if r["is_demo"] else ""
-        cells = [str(r["rank"]), f"{r['model']}{demo}", r["mitigation"], str(r["n_questions"]), _fmt(r["acc_unbiased"])]
+        cells = [str(r["rank"]), f"{r['model']}{demo}", r["mitigation"], str(r["n_questions"]), _fmt(r["acc_unbiased"]),
+                 _fmt(r["acc_unbiased_mit"])]
         cells += [_fmt(r[f"acc_{b}"]) for b in LEADERBOARD_BIASES]
         cells += [_fmt(r["mean_biased_acc"]), _fmt(r["mean_drop"]),
                   f"{_fmt(r['worst_drop'])} ({r['worst_bias'] or '–'})",

@@ -201,6 +201,14 @@ class RateLimiter:
             await asyncio.sleep(max(waits))
 
 
+async def _with_timeout(coro: Any, seconds: float) -> Any:
+    """`await coro` with a deadline; asyncio.timeout (3.11+) spares wait_for's extra task."""
+    if hasattr(asyncio, "timeout"):
+        async with asyncio.timeout(seconds):
+            return await coro
+    return await asyncio.wait_for(coro, seconds)
+
+
 def backoff_delay(attempt: int, retry_after: float | None, base: float, cap: float) -> float:
     """Exponential backoff with jitter; a server's Retry-After is a floor, never shortened."""
     if retry_after is not None and retry_after >= 0:
@@ -265,6 +273,7 @@ class Runner:
         self._answers: dict[str, asyncio.Future[Answer | _Failure | None]] = {}
         self._reserved = 0.0
         self._any_success = any_success_before
+        self.warnings: list[str] = []
 
     # -- public ------------------------------------------------------------------------------
     def key(self, prompt: Prompt) -> str:
@@ -376,7 +385,7 @@ class Runner:
                 await self._limiter.acquire(est_in + est_out)
                 err: RetryableError
                 try:
-                    answers = await asyncio.wait_for(self.model.answer([p], self.params), cfg.timeout)
+                    answers = await _with_timeout(self.model.answer([p], self.params), cfg.timeout)
                     ans = answers[0]
                 except asyncio.TimeoutError:
                     err = RetryableError(f"timeout after {cfg.timeout:g}s")
@@ -452,7 +461,11 @@ class Runner:
             self.stats.output_tokens += n_out
             self.stats.cost_usd += cost
             if self.cache is not None and ans.error is None:
-                self.cache.put(key, ans.to_cache(), self.model.spec)
+                try:
+                    self.cache.put(key, ans.to_cache(), self.model.spec)
+                except RuntimeError as e:  # e.g. the disk filled up: keep running, uncached
+                    self.warnings.append(f"response cache disabled: {e}")
+                    self.cache = None
         else:
             self.stats.cache_hits += 1
         self.writer.append(make_sample(p, ans, self.model.spec, self.params.mode, cost, cached))

@@ -59,7 +59,7 @@ def _letters(options: Mapping[str, str] | None, n_options: int | None) -> str:
 
 def extract_paper(response: str | None, letters: str = _DEFAULT_LETTERS) -> Extraction:
     """The paper's rule: the first character of the reply; an empty reply is NR."""
-    if not response:
+    if not response or not isinstance(response, str):
         return Extraction(None, "nr", True)
     first = response[0]
     return Extraction(first if first in letters else None, "paper-first-char", False)
@@ -101,9 +101,10 @@ _ANSWER_PATTERNS: tuple[re.Pattern[str], ...] = (
         r"[:\-]?\s*[(«\"'\[]?\s*" + _L + r"\s*[)»\"'\]]?(?![\w\-/+])",
         re.IGNORECASE,
     ),
-    # "the correct option is C", "best choice would be (C)"
+    # "the correct option is C", "best choice would be (C)", "most appropriate treatment option would be D"
     re.compile(
-        r"\b(?:correct|right|best)\s+(?:option|choice|letter)\s+(?:is|would be|was)\s+"
+        r"\b(?:correct|right|best|appropriate|likely)\s+(?:[a-z]+\s+)?(?:option|choice|letter)\s+"
+        r"(?:is|would be|was)\s+"
         r"[(«\"']?" + _L + r"[)»\"']?(?![\w\-/+])",
         re.IGNORECASE,
     ),
@@ -129,6 +130,7 @@ _LEAD = re.compile(r"^[(\[]?([A-E])(?:[)\]]|\s*[.:)\-–,;]|\s*\n|$)")
 _LEAD_SPACE = re.compile(r"^([A-E])\s+(\S.*)", re.DOTALL)
 _PAREN_LETTER = re.compile(r"\((?-i:([A-E]))\)")
 _LINE_LETTER = re.compile(r"(?m)^\s*[(\[]?([A-E])[)\]]?\s*[:.)]\s+\S")
+_COLON_LETTER = re.compile(r"(?<![A-Za-z0-9])([A-E]):\s+\S")
 
 
 def _norm(text: str) -> str:
@@ -198,6 +200,10 @@ def _citations(text: str, letters: str, options: Mapping[str, str] | None,
                     if head.endswith(letter) and not head[-2:-1].isalpha() and not _restates_bias(flat, i):
                         found.append((len(head) - 1, letter))
                 i = folded.find(needle, i + 1)
+    else:
+        # without the options, "C: <text>" anywhere is the closest thing to a citation
+        found += [(m.start(1), m.group(1)) for m in _COLON_LETTER.finditer(text)
+                  if not _restates_bias(text, m.start(1))]
     found += [(m.start(1), m.group(1)) for m in _LINE_LETTER.finditer(text)
               if not _restates_bias(text, m.start(1))]
     if with_mentions:
@@ -232,7 +238,7 @@ def extract_robust(
 ) -> Extraction:
     """The robust rule (module docstring). `options` (letter -> text) enables the text rules."""
     letters = _letters(options, n_options)
-    if response is None:
+    if not isinstance(response, str):
         return Extraction(None, "nr", True)
     text = _clean(response)
     if not text or text == "NR":

@@ -10,6 +10,7 @@ replacement is a multinomial draw over the cells, so 10,000 bootstrap resamples 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,27 +55,30 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value: a binomial test of b vs c discordant pairs at 1/2."""
-    from scipy.stats import binomtest
+    """Two-sided exact McNemar p-value: a binomial test of b vs c discordant pairs at 1/2.
 
-    if b + c == 0:
+    Bin(n, 1/2) is symmetric, so the two-sided p is min(1, 2 P(X <= min(b, c))), the value
+    `scipy.stats.binomtest(b, b + c).pvalue` gives; scipy.special is ~7x quicker to import.
+    """
+    from scipy.special import bdtr
+
+    n = int(b) + int(c)
+    if n == 0:
         return 1.0
-    return float(binomtest(int(b), int(b + c), 0.5).pvalue)
+    return float(min(1.0, 2.0 * bdtr(min(int(b), int(c)), n, 0.5)))
 
 
 def two_proportion_z(k1: int, n1: int, k2: int, n2: int) -> tuple[float, float]:
     """The unpaired pooled two-proportion z-test the paper used: (z, two-sided p)."""
-    from scipy.stats import norm
-
     if n1 == 0 or n2 == 0:
         return float("nan"), float("nan")
     p1, p2 = k1 / n1, k2 / n2
     pool = (k1 + k2) / (n1 + n2)
-    se = np.sqrt(pool * (1 - pool) * (1 / n1 + 1 / n2))
+    se = math.sqrt(pool * (1 - pool) * (1 / n1 + 1 / n2))
     if se == 0:
         return 0.0, 1.0
     z = (p1 - p2) / se
-    return float(z), float(2 * norm.sf(abs(z)))
+    return float(z), float(math.erfc(abs(z) / math.sqrt(2.0)))
 
 
 @dataclass(frozen=True)

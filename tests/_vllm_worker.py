@@ -145,8 +145,11 @@ def check_ternary_method() -> dict[str, Any]:
 
 
 def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
+    import os
+
     from vllm import LLM, SamplingParams
 
+    os.environ.update(spec.get("env", {}))
     t0 = time.perf_counter()
     llm = LLM(model=spec["model"], **spec["llm_kwargs"])
     started = time.perf_counter() - t0

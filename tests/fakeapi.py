@@ -8,7 +8,7 @@ every layer (SDK, httpx, our error mapping, retries) runs for real. Non-streamin
 - Counts what it saw: `received` (requests per prompt sha256) and `answered` (responses written
   to the socket in full, per prompt sha256).
 - Injects faults on demand (`inject(fault, times)`): 429 (Retry-After), 500, 529, hang, reset,
-  malformed JSON, empty content, refusal, 401, 403, 400 context-length.
+  malformed JSON, empty content, refusal, 401, 403, 400 context-length, 400 bad parameter.
 - `freeze()` holds every response; `release(abandon=True)` then drops the held connections
   unanswered (used to SIGKILL a client at a point where no response is half-delivered).
 
@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 FAULTS = ("429", "500", "529", "hang", "reset", "malformed", "empty", "refusal", "401", "403",
-          "400-context")
+          "400-context", "400-param")
 LETTERS = "ABCD"
 
 
@@ -340,6 +340,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(flavor, int(fault))
         elif fault == "400-context":
             self._error(flavor, 400)
+        elif fault == "400-param":  # a parameter this model refuses: the same for every prompt
+            if flavor == "anthropic":
+                obj: dict[str, Any] = {"type": "error", "error": {
+                    "type": "invalid_request_error", "message": "temperature: Extra inputs are not permitted"}}
+            else:
+                obj = {"error": {"message": "Unsupported value: 'temperature' does not support 0 with this model.",
+                                 "type": "invalid_request_error", "param": "temperature", "code": "unsupported_value"}}
+            self._send_json(400, obj)
         elif fault == "hang":
             api._stop.wait(api.hang_s)
             self._reset()

@@ -116,9 +116,10 @@ def test_openai_logprob_mode(api, tmp_path):
     res, samples = run(make_model(api), ps, tmp_path, params=GenParams(mode="logprob"))
     assert res.status == "complete"
     samples = ordered(samples, ps)
-    body = api.bodies[0]
-    assert body["max_completion_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 20
-    assert body["messages"] == [{"role": "system", "content": ps[0].text}]
+    for body in api.bodies:
+        assert body["max_completion_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 20
+    assert sorted(b["messages"][0]["content"] for b in api.bodies) == sorted(p.text for p in ps)
+    assert {b["messages"][0]["role"] for b in api.bodies} == {"system"}
     for p, s in zip(ps, samples):
         lp = s["logprobs"]
         assert set(lp) == set(p.item.question.letters)
@@ -207,6 +208,14 @@ def test_auth_failure_stops_at_once_and_keeps_samples(api, tmp_path, provider, s
     assert status in res.message and "\n" not in res.message
     assert samples == first  # nothing lost, nothing half-written
     assert sum(api.received.values()) <= 5 + 8 + 1  # stopped at once: no new requests after the first 401
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_refused_parameter_stops_the_run_before_writing(api, tmp_path, provider):
+    api.inject("400-param", times=10_000)
+    res, samples = run(make_model(api, provider), prompts(2), tmp_path, concurrency=4)
+    assert res.status == "fatal" and "400" in res.message and "temperature" in res.message
+    assert samples == []
 
 
 def test_missing_key_is_fatal_with_a_clear_message(api, tmp_path, monkeypatch):
@@ -357,6 +366,22 @@ def test_cli_fatal_401_is_one_line_exit_2(api, tmp_path):
     lines = [ln for ln in stderr.splitlines() if ln.startswith("biasmed: error:")]
     assert code == 2 and len(lines) == 1 and "401 authentication failed" in lines[0]
     assert "Traceback" not in stderr
+
+
+def test_data_file_from_build(api, tmp_path):
+    data = tmp_path / "bench.jsonl"
+    r = CliRunner().invoke(app, ["build", "--medqa", "demo", "--limit", "3", "--mitigations", "none,education",
+                                 "--out", str(data)])
+    assert r.exit_code == 0, r.stderr
+    code, _, stderr = cli("--model", "openai:gpt-test", "--base-url", api.url + "/v1", "--data", str(data),
+                          "--biases", "recency", "--limit", "2", "--mitigations", "education", "--out",
+                          str(tmp_path / "r"))
+    assert code == 0, stderr
+    samples = list(iter_jsonl(tmp_path / "r" / "samples.jsonl"))
+    assert sorted(s["sample_id"] for s in samples) == sorted(
+        f"test-000{q}|{b}|education" for q in (0, 1) for b in ("none", "recency"))
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert meta["data_file"] == str(data) and meta["dataset"]["is_demo"] is True
 
 
 def test_unknown_mode_for_anthropic_is_refused(api, tmp_path):

@@ -21,6 +21,7 @@ def build_cmd(
     target_mode: Annotated[str, typer.Option("--target-mode", help="incorrect | correct | random")] = "incorrect",
     targets_from: Annotated[Optional[Path], typer.Option("--targets-from", help="take each (question, bias) target from an imported run")] = None,
     limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
+    draws: Annotated[int, typer.Option(help="re-draw the planted targets K times (draw 0 is the default draw)")] = 1,
     bias_file: Annotated[Optional[list[Path]], typer.Option("--bias-file", help="user-authored bias YAML (repeatable)")] = None,
     out: Annotated[Path, typer.Option(help="output JSONL")] = Path("data/biasmedqa.jsonl"),
     fmt: Annotated[str, typer.Option("--format", help="jsonl, or hf (also save a datasets.Dataset)")] = "jsonl",
@@ -32,23 +33,37 @@ def build_cmd(
 
     if options not in (4, 5):
         fail("--options must be 4 or 5")
+    if draws < 1:
+        fail("--draws must be at least 1")
     if fmt not in ("jsonl", "hf"):
         fail("--format must be jsonl or hf")
     with user_errors():
         mits = parse_mitigations(mitigations)
         questions, pool, templates = load_sources(medqa, split, options, mits, template_version, bias_file)
-        targets = targets_from_run(targets_from) if targets_from else None
+        targets = None
+        if targets_from:
+            if len(mits) > 1:
+                typer.echo("biasmed: warning: the paper drew new targets for every mitigation; "
+                           f"--targets-from takes those of {mits[0]!r} for all", err=True)
+            targets = targets_from_run(targets_from, mits[0], template_version)
+            if not targets:
+                fail(f"{targets_from}: no planted targets for mitigation {mits[0]} and {template_version}")
         bench = build_benchmark(questions, biases, templates, seed, mits, pool, target_mode,
                                 targets=targets, targets_from=str(targets_from) if targets_from else None,
-                                limit=limit)
+                                limit=limit, draws=draws)
         manifest = write_benchmark(bench, out)
     if fmt == "hf":
         from biasmed.export import save_hf_dataset
 
-        save_hf_dataset(out, out.with_name(out.name.removesuffix(".jsonl") + "_hf"))
+        from biasmed._export_common import write_dataset_card
+
+        hf_dir = out.with_name(out.name.removesuffix(".jsonl") + "_hf")
+        save_hf_dataset(out, hf_dir)
+        write_dataset_card(hf_dir)
     n = len(bench.items)
     note = "  [DEMO SET: not MedQA, not the benchmark]" if questions.is_demo else ""
-    typer.echo(f"wrote {n} records ({len(bench.questions)} questions x {len(bench.biases)} conditions, "
+    per_draw = f", {draws} target draws" if draws > 1 else ""
+    typer.echo(f"wrote {n} records ({len(bench.questions)} questions x {len(bench.biases)} conditions{per_draw}, "
                f"mitigations {','.join(mits)}) to {out}; manifest {manifest}{note}", err=True)
 
 

@@ -19,11 +19,9 @@ def import_logs_cmd(
     medqa: Annotated[Optional[str], typer.Option("--medqa", help="MedQA US folder or test.jsonl to match questions against. Default: $BIASMED_MEDQA_DIR.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="one model: its run folder (default results/paper-<model>); several models: a parent folder (default results) with one paper-<model> folder each")] = None,
 ) -> None:
-    """Import the paper's raw logs into the per-sample results format.
+    """Import the paper's raw logs as biasmed runs (kind "paper-logs"), one run per model.
 
-    Every record is matched back to its MedQA test question; the planted letter is read from the
-    bias sentence. Plain files are scored with the paper's first-character rule; `ae_` (re-judged)
-    copies keep the judge's verdict and get sample ids ending in `|ae`.
+    Each record is matched to its MedQA test question and its planted letter read from the bias sentence; ae_ (re-judged) copies are kept too, with sample ids ending in |ae.
     """
     from biasmed.data import load_medqa
     from biasmed.paperlogs import import_paper_logs

@@ -35,6 +35,7 @@ def report_cmd(
 ) -> None:
     """Accuracy with CIs, paired drops, adoption and recovery: a table here; summary.csv, report.md and plots in --out."""
     from rich.console import Console
+    from rich.markup import escape
 
     from biasmed.analysis import summarize
     from biasmed.report import DEMO_BANNER, convention_line, rich_tables, write_report
@@ -48,10 +49,10 @@ def report_cmd(
         written = write_report(summary, target, plots=plots)
     console = Console(highlight=False)
     if summary.attrs.get("is_demo"):
-        console.print(f"[bold red]{DEMO_BANNER}[/]")
-    console.print(convention_line(convention))
+        console.print(f"[bold red]{escape(DEMO_BANNER)}[/]")
+    console.print(escape(convention_line(convention)))
     for note in summary.attrs.get("notes", []):
-        console.print(f"note: {note}")
+        console.print(escape(f"note: {note}"))
     for t in rich_tables(summary):
         console.print(t)
     echo_err(f"wrote {len(written)} files to {target} in {time.perf_counter() - t0:.1f} s "

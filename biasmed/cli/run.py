@@ -13,6 +13,7 @@ them); 2 bad input or a fatal API error (401/403, no key, unknown model); 3 stop
 from __future__ import annotations
 
 import re
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -144,18 +145,19 @@ class _ProgressView:
         self.progress = None
         if not enabled:
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from biasmed.cli._common import stderr_console
 
+        console = stderr_console()
+        label = label if len(label) <= 24 else label[:23] + "…"
+        bar = [BarColumn(bar_width=24)] if console.width >= 120 else []  # narrow terminal: numbers only
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>7.1f}/s"), TimeElapsedColumn(), TextColumn("ETA"),
+            TextColumn("[bold]{task.description}"), *bar, MofNCompleteColumn(), TextColumn("{task.fields[rate]:.1f}/s"), TextColumn("ETA"),
             TimeRemainingColumn(),
-            TextColumn("cache {task.fields[hits]} · retries {task.fields[retries]} · errors {task.fields[errors]}"
-                       " · failed {task.fields[failed]} · ${task.fields[cost]:.4f}"),
-            console=stderr_console(), refresh_per_second=8, transient=False)
+            TextColumn("cache {task.fields[hits]} retry {task.fields[retries]} err {task.fields[errors]}"
+                       " fail {task.fields[failed]} ${task.fields[cost]:.4f}"),
+            console=console, refresh_per_second=8, transient=False)
         self.task = self.progress.add_task(label, total=total, rate=0.0, hits=0, retries=0, errors=0, failed=0,
                                            cost=0.0)
         self.progress.start()
@@ -204,6 +206,7 @@ def run_cmd(
     timeout: Annotated[float, typer.Option(help="per-request timeout, seconds")] = 120.0,
     max_retries: Annotated[int, typer.Option("--max-retries", help="retries per request (429, 5xx, 529, timeouts, resets)")] = 8,
     max_retry_time: Annotated[float, typer.Option("--max-retry-time", help="give up on a request after this many seconds of retrying")] = 600.0,
+    backoff: Annotated[float, typer.Option("--backoff", help="first retry delay in seconds (doubles per retry, with jitter; Retry-After wins)")] = 1.0,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="stop cleanly before this run folder's spend (USD) would exceed it")] = None,
     prices: Annotated[Optional[Path], typer.Option("--prices", help="price table overriding the built-in one ($BIASMED_PRICES)")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print prompt count, estimated tokens and cost; send nothing")] = False,
@@ -229,8 +232,8 @@ def run_cmd(
             fail(f"{name} must be at least 1")
     if batch_size is not None and batch_size < 1:
         fail("--batch-size must be at least 1")
-    if timeout <= 0 or max_retries < 0 or max_retry_time < 0 or temperature < 0:
-        fail("--timeout must be > 0; --max-retries, --max-retry-time and --temperature must be >= 0")
+    if timeout <= 0 or max_retries < 0 or max_retry_time < 0 or temperature < 0 or backoff < 0:
+        fail("--timeout must be > 0; --max-retries, --max-retry-time, --backoff and --temperature must be >= 0")
     if max_cost is not None and max_cost < 0:
         fail("--max-cost must be >= 0")
     if no_cache and refresh_cache:
@@ -286,7 +289,10 @@ def run_cmd(
     if not no_cache:
         from biasmed.cache import ResponseCache
 
-        cache = ResponseCache(cache_dir / "responses.sqlite" if cache_dir else None)
+        try:
+            cache = ResponseCache(cache_dir / "responses.sqlite" if cache_dir else None)
+        except (OSError, sqlite3.Error) as e:
+            fail(f"cannot open the response cache ({e}); pass --cache-dir DIR or --no-cache")
 
     is_demo = bool(ds.get("is_demo"))
     if is_demo:
@@ -318,7 +324,7 @@ def run_cmd(
         meta["created_at"] = old.get("created_at", meta["created_at"])
     invocations: list[dict[str, Any]] = list(old.get("invocations") or [])
     cfg = RunConfig(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout, max_retries=max_retries,
-                    max_retry_time=max_retry_time, max_cost=max_cost, spent_before=spent_before,
+                    max_retry_time=max_retry_time, backoff_base=backoff, max_cost=max_cost, spent_before=spent_before,
                     refresh_cache=refresh_cache)
     meta.update(meta_new)
     meta.update({
@@ -382,6 +388,8 @@ def run_cmd(
     write_json_atomic(out / RUN_JSON, meta)
 
     s = runner.stats
+    for w in runner.warnings:
+        typer.echo(f"biasmed: warning: {w}", err=True)
     if not quiet:
         tot = meta["totals"]
         typer.echo(f"{out}: {s.done} new sample(s) ({s.cache_hits} from cache), {s.retries} retries, "

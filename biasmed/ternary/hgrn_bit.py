@@ -5,7 +5,7 @@ Written from the published equations and checked against the public model code
 ``mmfreelm/ops/fusedbitnet.py``).  Module and parameter names follow the published checkpoints,
 so ``from_pretrained`` reads them as they are.
 
-Per layer ``l`` with input ``x`` (all activations in float32):
+Per layer ``l`` with input ``x`` (activations in float32, float64 for a float64 model):
 
 * ``x̂ = RMSNorm_attn(x)``; ``f = σ(f_proj x̂)``; for ``l > 0``: ``f = lb_l + (1 - lb_l) f`` where
   ``lb = cumsum(softmax(lower_bounds, 0), 0) - softmax(lower_bounds, 0)[0]``;
@@ -20,9 +20,11 @@ Then a final RMSNorm and ``lm_head``.  Every projection, ``lm_head`` included, i
 :class:`BitLinear`: RMSNorm (own weight, eps 1e-6: the fused public kernel ignores the module's
 1e-8) -> per-token int8 activations -> per-tensor ternary weights.
 
-Two numerically equivalent BitLinear paths: *latent* (the published fake quantization in float32
-from the stored latent weights) and *packed* (after :meth:`HGRNBitForCausalLM.to_ternary`: 2-bit
-weights, int8 x ternary integer matmul by :mod:`biasmed.ternary.kernels`).
+Two BitLinear paths that agree bit for bit: *latent* (ternarizes the stored latent weight on the
+fly and multiplies the integer-valued operands in float, which is exact) and *packed* (after
+:meth:`HGRNBitForCausalLM.to_ternary`: 2-bit weights, int8 x ternary integer matmul by
+:mod:`biasmed.ternary.kernels`).  Both dequantize after the matmul; the public code dequantizes
+before it, which is the same product up to float rounding (see :mod:`biasmed.ternary.quant`).
 
 Generation keeps one ``[batch, hidden]`` float32 state per layer (:class:`HGRNBitCache`) and
 feeds one token per step, so memory is constant in the sequence length.  Outputs carry it under
@@ -459,8 +461,6 @@ def _pick_cache(past_key_values: Any, cache: Any) -> HGRNBitCache | None:
 
 class HGRNBitForCausalLM(HGRNBitPreTrainedModel, GenerationMixin):
     """HGRN-bit with its ternary ``lm_head``; ``generate()`` runs as an RNN."""
-
-    _tied_weights_keys: list[str] = []
 
     def __init__(self, config: HGRNBitConfig) -> None:
         super().__init__(config)

@@ -4,8 +4,8 @@
 ``ternary_linear(x_q, x_scale, w)`` returns the dequantized output
 ``(x_q @ trits^T) * (w.scale / x_scale)``, i.e. the BitLinear output.
 
-Backends: ``"reference"`` (this module; unpacks at most ``chunk_bytes`` of weights at a time and
-accumulates in int32 with ``torch._int_mm``), ``"triton"`` (``triton_kernel``; reads the packed
+Backends: ``"reference"`` (this module; unpacks at most ``chunk_bytes`` of weights at a time to
+codes ``c = trit + 1`` and accumulates ``x @ c^T - sum(x)`` in int32 with ``torch._int_mm``), ``"triton"`` (``triton_kernel``; reads the packed
 bytes directly) and ``"auto"`` (Triton for CUDA tensors when triton imports, else the reference).
 The environment variable ``BIASMED_TERNARY_BACKEND`` overrides ``"auto"``.
 """
@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from biasmed.ternary.packing import PackedTernary, unpack_quarter
+from biasmed.ternary.packing import PackedTernary, unpack_codes
 from biasmed.ternary.quant import dequantize_output
 
 BACKENDS = ("auto", "reference", "triton")
@@ -43,13 +43,14 @@ def ternary_matmul_reference(
     m, k = x_q.shape
     kq = w.quarter
     x_pad = x_q if k == 4 * kq else torch.nn.functional.pad(x_q, (0, 4 * kq - k))
+    # trit = code - 1, so x . trits = x . codes - sum(x): codes need no sign fix-up pass.
+    x_sum = x_q.sum(dim=1, keepdim=True, dtype=torch.int32)
     out = torch.empty(m, w.out_features, dtype=torch.int32, device=x_q.device)
     rows = max(1, chunk_bytes // max(1, 4 * kq))
     for n0 in range(0, w.out_features, rows):
         block = w.data[n0 : n0 + rows]
-        trits = torch.cat([unpack_quarter(block, i) for i in range(4)], dim=1)
-        out[:, n0 : n0 + block.shape[0]] = _int_matmul(x_pad, trits)
-    return out
+        out[:, n0 : n0 + block.shape[0]] = _int_matmul(x_pad, unpack_codes(block))
+    return out.sub_(x_sum)
 
 
 def _check(x_q: torch.Tensor, w: PackedTernary) -> None:

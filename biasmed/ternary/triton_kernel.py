@@ -171,3 +171,38 @@ def ternary_linear_triton(
 ) -> torch.Tensor:
     """Dequantized float32 ``(x_q @ trits^T) * w.scale / x_scale`` (x_scale: ``[M]`` or ``[M, 1]``)."""
     return _launch(x_q, w, x_scale, config)
+
+
+_SIGNATURE = {
+    "x_ptr": "*i8", "w_ptr": "*u8", "xs_ptr": "*fp32", "ws_ptr": "*fp32", "out_ptr": "*fp32",
+    "M": "i32", "N": "i32", "K": "i32", "KQ": "i32", "stride_xm": "i32", "stride_wn": "i32", "stride_om": "i32",
+    "DEQUANT": "constexpr", "SPLIT_K": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr",
+    "BLOCK_KQ": "constexpr",
+}  # fmt: skip
+
+
+def compile_ahead(config: LaunchConfig, dequant: bool = True, arch: int = 90) -> dict[str, Any]:
+    """Compile the kernel for NVIDIA ``sm_<arch>`` without a GPU; returns the assembly by stage.
+
+    Proves the kernel lowers to real tensor-core code (``ptx``, ``cubin``) where no GPU is at
+    hand; it works even while the kernel runs interpreted (``TRITON_INTERPRET=1``).
+    """
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    signature = dict(_SIGNATURE)
+    if not dequant or config.split_k > 1:
+        signature["out_ptr"] = "*i32"
+    constexprs = {
+        "DEQUANT": dequant and config.split_k == 1,
+        "SPLIT_K": config.split_k,
+        "BLOCK_M": config.block_m,
+        "BLOCK_N": config.block_n,
+        "BLOCK_KQ": config.block_kq,
+    }
+    source = ASTSource(fn=JITFunction(_kernel().fn), signature=signature, constexprs=constexprs)
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    return dict(triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options).asm)
+

@@ -7,7 +7,8 @@ iterator feeds ``load_weights`` directly. Every BitLinear (lm_head included) is 
 
 Per layer, the recurrent state is one float32 vector ``h`` of ``hidden_size * expand_ratio``
 values per sequence, kept in vLLM's state cache (``vllm_state``). All math runs in float32,
-whatever ``dtype`` vLLM was given; hidden states leave ``forward`` in the model dtype.
+whatever ``dtype`` vLLM was given (it only sets the storage of embeddings and norms), and
+``forward`` returns float32 hidden states, exactly like the transformers model.
 
 Equations (per layer l, x̂ = RMSNorm(x)):
   f = σ(f_proj x̂), for l > 0: f = lb_l + (1 − lb_l)·f
@@ -163,7 +164,6 @@ class VllmHGRNBitForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
         super().__init__()
         config = _hf_config(vllm_config)
         self.config = config
-        self.dtype = vllm_config.model_config.dtype
         # BitLinear layers are ternary by definition; "ternary" is also accepted explicitly.
         quant_config = vllm_config.quant_config or TernaryConfig()
         if not isinstance(quant_config, TernaryConfig):
@@ -184,7 +184,9 @@ class VllmHGRNBitForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
         **kwargs,
     ) -> torch.Tensor:
         x = inputs_embeds if inputs_embeds is not None else self.embed_input_ids(input_ids)
-        return self.model(x).to(self.dtype)
+        # float32 whatever the model dtype: rounding the last hidden state to bf16 could move
+        # the lm_head's int8 activation levels away from the transformers path.
+        return self.model(x)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden_states)

@@ -1,0 +1,162 @@
+"""`biasmed export --to lm-eval|inspect|hf DIR`: BiasMedQA for other harnesses.
+
+The prompts come from `--data FILE` (written by `biasmed build`) or are built on the fly with the
+same options as `biasmed build`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from biasmed.cli._common import fail, split_list, user_errors
+
+TARGETS = ("lm-eval", "inspect", "hf")
+DEFAULT_ROLE = {"lm-eval": "user", "inspect": "system"}
+
+
+def export_cmd(
+    dest: Annotated[Path, typer.Argument(help="output folder (created; files of an earlier export are replaced)")],
+    to: Annotated[str, typer.Option("--to", help="lm-eval | inspect | hf")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="a file written by `biasmed build` (else the benchmark is built from the options below)")] = None,
+    medqa: Annotated[Optional[str], typer.Option("--medqa", help="MedQA JSONL file or folder, 'hub:<id>[:config]', or 'demo'. Default: $BIASMED_MEDQA_DIR, else the embedded demo set.")] = None,
+    split: Annotated[Optional[str], typer.Option(help="test or dev (default: test)")] = None,
+    options: Annotated[Optional[int], typer.Option("--options", help="5 or 4 answer options (default: 5)")] = None,
+    biases: Annotated[Optional[str], typer.Option(help="comma list, 'all', or default (the version's 7 biases); 'none' is always included")] = None,
+    template_version: Annotated[Optional[str], typer.Option("--template-version", help="paper-2024 or paper-2023 (default: paper-2024)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed of the target and demo draws (default: 0)")] = None,
+    mitigations: Annotated[Optional[str], typer.Option(help="comma list of none,education,one-shot,few-shot (default: none)")] = None,
+    target_mode: Annotated[Optional[str], typer.Option("--target-mode", help="incorrect | correct | random (default: incorrect)")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
+    bias_file: Annotated[Optional[list[Path]], typer.Option("--bias-file", help="user-authored bias YAML (repeatable)")] = None,
+    role: Annotated[Optional[str], typer.Option(help="system or user message (default: user for lm-eval, system for inspect)")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="reply length limit (as `biasmed run`)")] = 16,
+    temperature: Annotated[float, typer.Option(help="sampling temperature (as `biasmed run`)")] = 0.0,
+    name: Annotated[str, typer.Option(help="task name (lm-eval group / inspect task)")] = "biasmedqa",
+) -> None:
+    """Write BiasMedQA as an lm-evaluation-harness task, an inspect_ai task, or a `datasets` dataset."""
+    if to not in TARGETS:
+        fail(f"--to must be one of {', '.join(TARGETS)}, not {to!r}")
+    if role is not None and role not in ("system", "user"):
+        fail("--role must be system or user")
+    if role is not None and to == "hf":
+        fail("--role has no meaning for --to hf (the dataset stores the prompt text only)")
+    if max_tokens < 1 or temperature < 0:
+        fail("--max-tokens must be at least 1 and --temperature at least 0")
+    if options is not None and options not in (4, 5):
+        fail("--options must be 4 or 5")
+    if limit is not None and limit < 1:
+        fail("--limit must be at least 1")
+    build_opts = {"--medqa": medqa, "--split": split, "--options": options, "--template-version": template_version,
+                  "--seed": seed, "--target-mode": target_mode, "--bias-file": bias_file}
+    if data is not None:
+        given = [k for k, v in build_opts.items() if v is not None and v != []]
+        if given:
+            fail(f"{given[0]} builds the benchmark; with --data {data} the file already fixes it")
+        if not data.is_file():
+            fail(f"{data}: no such file (--data takes a file written by `biasmed build`)")
+
+    with user_errors():
+        if to == "hf":
+            out, note = _export_hf(dest, data, medqa, split, options, biases, template_version, seed,
+                                   mitigations, target_mode, limit, bias_file)
+        else:
+            source, is_demo = _source(data, medqa, split, options, biases, template_version, seed,
+                                      mitigations, target_mode, limit, bias_file)
+            r = role or DEFAULT_ROLE[to]
+            if to == "lm-eval":
+                from biasmed.export_lmeval import export_lmeval
+
+                out = export_lmeval(source, dest, group=name, role=r, max_tokens=max_tokens,
+                                    temperature=temperature)
+                note = f"run: lm_eval --include_path {out} --tasks {name} --model ... (prompt as {r} message)"
+            else:
+                from biasmed.export_inspect import export_inspect
+
+                out = export_inspect(source, dest, task_name=name, role=r, max_tokens=max_tokens,
+                                     temperature=temperature)
+                note = f"run: cd {out.parent} && inspect eval {out.name} --model ... (prompt as {r} message)"
+            if is_demo:
+                note += "  [DEMO SET: not MedQA, not the benchmark]"
+    typer.echo(f"wrote {to} export to {out}; {note}", err=True)
+
+
+def _source(data: Path | None, medqa: str | None, split: str | None, options: int | None,
+            biases: str | None, template_version: str | None, seed: int | None,
+            mitigations: str | None, target_mode: str | None, limit: int | None,
+            bias_file: list[Path] | None) -> tuple[Any, bool]:
+    """The prompts to export (a Benchmark, or a filtered list from --data) and whether demo."""
+    from biasmed.prompts import parse_mitigations
+
+    mits = parse_mitigations(mitigations)
+    if data is not None:
+        from biasmed.build import read_benchmark_file
+
+        prompts = read_benchmark_file(data, mits if mitigations else None)
+        wanted = split_list(biases)
+        if wanted and wanted != ["all"]:
+            keep = set(wanted) | {"none"}
+            prompts = [p for p in prompts if p.item.bias in keep]
+        if limit:
+            qids = set(list(dict.fromkeys(p.item.question.id for p in prompts))[:limit])
+            prompts = [p for p in prompts if p.item.question.id in qids]
+        if not prompts:
+            raise ValueError(f"{data}: no prompts left to export (check --biases / --mitigations)")
+        return prompts, _demo_file(data)
+    bench = _build(medqa, split, options, biases, template_version, seed, mits, target_mode, limit, bias_file)
+    return bench, bench.questions.is_demo
+
+
+def _build(medqa: str | None, split: str | None, options: int | None, biases: str | None,
+           template_version: str | None, seed: int | None, mits: list[str], target_mode: str | None,
+           limit: int | None, bias_file: list[Path] | None) -> Any:
+    from biasmed.build import build_benchmark
+    from biasmed.session import load_sources
+
+    questions, pool, templates = load_sources(medqa, split or "test", options or 5, mits,
+                                              template_version or "paper-2024", bias_file)
+    return build_benchmark(questions, biases, templates, seed or 0, mits, pool, target_mode or "incorrect",
+                           limit=limit)
+
+
+def _demo_file(data: Path) -> bool:
+    import json
+
+    man = data.with_name(data.name.removesuffix(".jsonl") + ".manifest.json")
+    if not man.is_file():
+        return False
+    return bool((json.loads(man.read_text("utf-8")).get("dataset") or {}).get("is_demo"))
+
+
+def _export_hf(dest: Path, data: Path | None, medqa: str | None, split: str | None, options: int | None,
+               biases: str | None, template_version: str | None, seed: int | None,
+               mitigations: str | None, target_mode: str | None, limit: int | None,
+               bias_file: list[Path] | None) -> tuple[Path, str]:
+    import tempfile
+
+    from biasmed._export_common import write_dataset_card
+    from biasmed.export import save_hf_dataset
+    from biasmed.prompts import parse_mitigations
+
+    if data is not None:
+        if biases or mitigations or limit:
+            raise ValueError("--to hf --data exports the file as it is; select biases, mitigations and "
+                             "questions with `biasmed build` instead")
+        save_hf_dataset(data, dest)
+    else:
+        from biasmed.build import write_benchmark
+
+        bench = _build(medqa, split, options, biases, template_version, seed, parse_mitigations(mitigations),
+                       target_mode, limit, bias_file)
+        with tempfile.TemporaryDirectory(prefix="biasmed-export-") as tmp:
+            jsonl = Path(tmp) / "biasmedqa.jsonl"
+            write_benchmark(bench, jsonl)
+            save_hf_dataset(jsonl, dest)
+    card = write_dataset_card(dest)
+    return dest, f"card {card}; read it with datasets.load_from_disk({str(dest)!r})"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export")(export_cmd)

@@ -1,0 +1,288 @@
+"""Prefix sharing: run each shared token prefix once, then only the differing suffixes.
+
+The 8 bias conditions of a question differ in one inserted sentence; everything before it (the
+instruction, the chat template's header, the question stem) is the same tokens. We build a radix
+tree (trie with merged single-child chains) over the token sequences of a chunk, keep the internal
+nodes whose sharing saves enough work to pay for an extra forward call, and walk the tree: each
+kept node's segment is computed once on top of its parent's KV cache, and that cache is expanded
+(a stride-0 view, not a copy) across the node's children, which run as one right-padded batch.
+
+Right padding keeps every cache exact: padding sits after a row's real tokens, so a row's cache
+sliced to its real length is exactly the cache of that prefix alone, with no hole to mask later.
+
+`build_tree` is pure Python; `score_last` needs torch and an HF causal LM. Log-probs equal the
+unshared computation up to floating-point reordering (tests check +-1e-3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# Keep an internal node only if sharing it saves at least this many token-positions of compute;
+# below that, an extra (small, batch-1-past) forward call costs more than it saves.
+MIN_SAVED_TOKENS = 48
+
+
+@dataclass
+class Node:
+    """A run of tokens shared by every sequence below it."""
+
+    start: int  # absolute position of tokens[0]
+    tokens: list[int]
+    ends: list[int] = field(default_factory=list)  # sequences that end exactly here
+    children: list["Node"] = field(default_factory=list)
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.tokens)
+
+    def n_seqs(self) -> int:
+        return len(self.ends) + sum(c.n_seqs() for c in self.children)
+
+    def walk(self) -> Iterator["Node"]:
+        yield self
+        for c in self.children:
+            yield from c.walk()
+
+
+def build_tree(seqs: Sequence[Sequence[int]], share: bool = True,
+               min_saved: int = MIN_SAVED_TOKENS) -> Node:
+    """The root (empty, at position 0) of the prefix tree over `seqs` (each must be non-empty).
+
+    With `share=False` (or nothing worth sharing) every sequence is a direct leaf of the root,
+    which is plain batched scoring.
+    """
+    if any(len(s) == 0 for s in seqs):
+        raise ValueError("empty token sequence")
+    root = Node(0, [])
+    if not share:
+        by_seq: dict[tuple[int, ...], Node] = {}
+        for i, s in enumerate(seqs):
+            key = tuple(s)
+            if key not in by_seq:
+                by_seq[key] = Node(0, list(s))
+                root.children.append(by_seq[key])
+            by_seq[key].ends.append(i)
+        return root
+    root.children = _split(seqs, list(range(len(seqs))), 0)
+    root.children = _prune(root.children, min_saved)
+    return root
+
+
+def _split(seqs: Sequence[Sequence[int]], idx: list[int], depth: int) -> list[Node]:
+    """Radix-tree children for sequences `idx`, which all share tokens [0, depth)."""
+    groups: dict[int, list[int]] = {}
+    for i in idx:
+        groups.setdefault(seqs[i][depth], []).append(i)
+    nodes: list[Node] = []
+    for members in groups.values():
+        first = seqs[members[0]]
+        end = min(len(seqs[i]) for i in members)
+        for i in members[1:]:
+            s = seqs[i]
+            j = depth + 1
+            while j < end and s[j] == first[j]:
+                j += 1
+            end = j
+        node = Node(depth, list(first[depth:end]))
+        node.ends = [i for i in members if len(seqs[i]) == end]
+        rest = [i for i in members if len(seqs[i]) > end]
+        if rest:
+            node.children = _split(seqs, rest, end)
+        nodes.append(node)
+    return nodes
+
+
+def _prune(nodes: list[Node], min_saved: int) -> list[Node]:
+    """Dissolve internal nodes whose sharing saves too little: their tokens move into children."""
+    out: list[Node] = []
+    for node in nodes:
+        if node.children and (node.n_seqs() - 1) * len(node.tokens) < min_saved:
+            # pass the segment down: each child (and each sequence ending here) now starts earlier
+            moved = [Node(node.start, node.tokens + c.tokens, c.ends, c.children) for c in node.children]
+            if node.ends:
+                moved.append(Node(node.start, list(node.tokens), node.ends, []))
+            out.extend(_prune(moved, min_saved))
+        else:
+            node.children = _prune(node.children, min_saved)
+            out.append(node)
+    return out
+
+
+def tree_cost(root: Node) -> int:
+    """Token positions the tree computes (the unshared cost is the sum of the sequence lengths)."""
+    return sum(len(n.tokens) for n in root.walk())
+
+
+# --- execution (torch) -------------------------------------------------------------------------
+
+KV = list[tuple[Any, Any]]  # per layer (keys, values), each (batch, heads, positions, head_dim)
+
+
+def score_last(
+    model: Any,
+    seqs: Sequence[Sequence[int]],
+    batch_size: int,
+    share: bool = True,
+    on_last: Callable[[list[int], Any], None] | None = None,
+    on_kv: Callable[[list[int], KV], None] | None = None,
+    min_saved: int = MIN_SAVED_TOKENS,
+) -> None:
+    """Run `seqs` through `model`, sharing prefixes; report each sequence's last-token logits.
+
+    `on_last(seq_indices, logits)` gets float32 logits (vocab,) for the sequences ending at a node.
+    `on_kv(seq_indices, kv)` (optional) gets the batch-1 KV cache of those whole sequences, which
+    generation continues from.
+    """
+    root = build_tree(seqs, share, min_saved)
+    _run_children(model, root, None, 0, batch_size, on_last, on_kv)
+
+
+def _run_children(model: Any, node: Node, kv: KV | None, past_len: int, batch_size: int,
+                  on_last: Callable | None, on_kv: Callable | None) -> None:
+    kids = sorted(node.children, key=lambda c: len(c.tokens))  # length-sorted: little padding
+    for b in range(0, len(kids), batch_size):
+        batch = kids[b:b + batch_size]
+        need_kv = on_kv is not None or any(c.children for c in batch)
+        logits, new_kv = forward_segments(model, [c.tokens for c in batch], kv, past_len, need_kv)
+        for row, child in enumerate(batch):
+            end = past_len + len(child.tokens)
+            child_kv = slice_kv(new_kv, row, end) if new_kv is not None else None
+            if child.ends:
+                if on_last is not None:
+                    on_last(child.ends, logits[row])
+                if on_kv is not None and child_kv is not None:
+                    on_kv(child.ends, child_kv)
+            if child.children:
+                _run_children(model, child, child_kv, end, batch_size, on_last, on_kv)
+        del logits, new_kv
+
+
+def forward_segments(model: Any, segments: Sequence[Sequence[int]], kv: KV | None, past_len: int,
+                     need_kv: bool) -> tuple[Any, KV | None]:
+    """One forward over right-padded `segments` on top of a shared batch-1 cache `kv`.
+
+    Returns float32 logits at each segment's last token (batch, vocab), and the new cache
+    (batch, ..., past_len + longest segment) when `need_kv`.
+    """
+    import torch
+
+    device = model.device
+    n = len(segments)
+    width = max(len(s) for s in segments)
+    pad = _pad_id(model)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, past_len + width), dtype=torch.long)
+    mask[:, :past_len] = 1
+    for i, s in enumerate(segments):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, past_len:past_len + len(s)] = 1
+    positions = torch.arange(past_len, past_len + width, dtype=torch.long).expand(n, width)
+    last = torch.tensor([len(s) - 1 for s in segments])
+    past = make_cache(model, [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv]) if kv else None
+    keep, pick = _keep_positions(model, last)
+    out = call(model, ids.to(device), mask.to(device), positions.to(device), past, need_kv, **keep)
+    logits = out.logits  # (n, kept, vocab)
+    logits = logits[torch.arange(n), pick.to(logits.device)].float()
+    new_kv = kv_pairs(out_cache(out)) if need_kv else None
+    return logits, new_kv
+
+
+def call(model: Any, ids: Any, mask: Any, positions: Any, cache: Any, use_cache: bool, **kw: Any) -> Any:
+    """model(...) with the cache argument under its name in this transformers version
+    (`cache` since 5.2x, `past_key_values` before)."""
+    name = _cache_arg(model)
+    if cache is not None:
+        kw[name] = cache
+    return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=use_cache, **kw)
+
+
+def out_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
+def _cache_arg(model: Any) -> str:
+    return "cache" if "cache" in _forward_params(model) else "past_key_values"
+
+
+def _forward_params(model: Any) -> frozenset[str]:
+    cached = getattr(model, "_biasmed_forward_params", None)
+    if cached is None:
+        import inspect
+
+        cached = frozenset(inspect.signature(model.forward).parameters)
+        try:
+            model._biasmed_forward_params = cached
+        except AttributeError:
+            pass
+    return cached
+
+
+def _pad_id(model: Any) -> int:
+    pad = getattr(model.config, "pad_token_id", None)
+    if isinstance(pad, list):
+        pad = pad[0] if pad else None
+    return int(pad) if pad is not None else 0
+
+
+def _keep_positions(model: Any, last: Any) -> tuple[dict[str, Any], Any]:
+    """Ask the model for logits only at the rows' last positions (saves the vocab projection
+    everywhere else); `pick[i]` is where row i's last position lands in the kept logits."""
+    import torch
+
+    arg = logits_arg(model)
+    if arg is None:
+        return {}, last
+    uniq, pick = torch.unique(last, sorted=True, return_inverse=True)
+    if len(uniq) == 1:  # every row ends at the last column: an int keeps just that position
+        return {arg: 1}, torch.zeros_like(last)
+    return {arg: uniq.to(model.device)}, pick
+
+
+def logits_arg(model: Any) -> str | None:
+    """The name of the keep-only-these-logits argument, when the model has one."""
+    return "logits_to_keep" if "logits_to_keep" in _forward_params(model) else None
+
+
+# --- KV cache plumbing (transformers' Cache classes changed across versions) ------------------
+
+def kv_pairs(cache: Any) -> KV:
+    """Per-layer (keys, values) tensors of a transformers cache (v5 `.layers`, v4 lists, tuples)."""
+    layers = getattr(cache, "layers", None)
+    if layers is not None:
+        return [(layer.keys, layer.values) for layer in layers]
+    if hasattr(cache, "key_cache"):
+        return list(zip(cache.key_cache, cache.value_cache))
+    return [(k, v) for k, v in cache]
+
+
+def make_cache(model: Any, pairs: KV) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(ddp_cache_data=pairs, config=model.config)
+    except TypeError:  # older transformers
+        return DynamicCache.from_legacy_cache(tuple(pairs))
+
+
+def slice_kv(kv: KV, row: int, length: int) -> KV:
+    """Row `row` of a batched cache, its first `length` positions, as a batch-1 cache (a view)."""
+    return [(k[row:row + 1, :, :length], v[row:row + 1, :, :length]) for k, v in kv]
+
+
+def supports_sharing(model: Any) -> bool:
+    """Prefix sharing needs a plain full-attention KV cache: not sliding windows, not recurrent
+    state (Mamba, RWKV...), not encoder-decoder."""
+    cfg = model.config
+    if getattr(cfg, "is_encoder_decoder", False):
+        return False
+    text = cfg.get_text_config(decoder=True) if hasattr(cfg, "get_text_config") else cfg
+    types = getattr(text, "layer_types", None)
+    if types is not None:
+        return set(types) <= {"full_attention"}
+    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+        return False
+    return getattr(text, "model_type", "") not in {"mamba", "mamba2", "rwkv", "recurrent_gemma", "falcon_mamba"}
