@@ -138,17 +138,22 @@ def main() -> None:
         print(f"prompts: {n} ({distinct} distinct) from {source}; concurrency {args.concurrency}; "
               f"latency {args.latency * 1000:.0f} ms; ideal {ideal:.0f} req/s; load avg {os.getloadavg()[0]:.1f}")
         asyncio.run(bare_loop(url, [f"warm-up {i}" for i in range(args.concurrency)], args.concurrency))
+        cpu0 = time.process_time()
         dt = asyncio.run(bare_loop(url, [p.text for p in prompts], args.concurrency))
-        print(f"bare asyncio+openai loop: {n / dt:6.1f} req/s  ({n / dt / ideal:5.1%} of ideal, {dt:.2f} s)")
+        cpu = (time.process_time() - cpu0) / n * 1000
+        print(f"bare asyncio+openai loop: {n / dt:6.1f} req/s  ({n / dt / ideal:5.1%} of ideal, {dt:.2f} s; "
+              f"client CPU {cpu:.2f} ms/request)")
         with tempfile.TemporaryDirectory() as d:
+            cpu0 = time.process_time()
             dt, stats = runner_run(url, prompts, args.concurrency, Path(d))
+            cpu = (time.process_time() - cpu0) / n * 1000  # includes the cache writer thread
             print(f"biasmed runner          : {stats['requests'] / dt:6.1f} req/s  "
-                  f"({stats['requests'] / dt / ideal:5.1%} of ideal, {dt:.2f} s; {stats['done']} samples written, "
-                  f"cache + samples.jsonl on)")
+                  f"({stats['requests'] / dt / ideal:5.1%} of ideal, {dt:.2f} s; client CPU {cpu:.2f} ms/request; "
+                  f"{stats['done']} samples written, cache + samples.jsonl on)")
             if args.cli:
                 wall, inner = cli_run(url, cli_args, args.concurrency, Path(d))
-                print(f"biasmed run (CLI)       : {stats['requests'] / inner:6.1f} req/s in-run ({inner:.2f} s), "
-                      f"{wall:.2f} s wall with start-up")
+                print(f"biasmed run (CLI)       : {stats['requests'] / inner:6.1f} req/s in-run ({inner:.2f} s, "
+                      f"SDK import included), {wall:.2f} s wall with start-up")
         print(f"load avg after: {os.getloadavg()[0]:.1f}")
     finally:
         server.stdin.close()  # type: ignore[union-attr]

@@ -105,34 +105,42 @@ def _cli_seconds(run_dir: Path, out: Path, n_boot: int) -> tuple[float, float]:
     """(wall, cpu) seconds of `biasmed report` in a fresh interpreter."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "from biasmed.cli import main; main()", "report", str(run_dir), "--out", str(out),
-                    "--n-boot", str(n_boot)], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   cwd=REPO)
+    cli = [sys.executable, "-c", "from biasmed.cli import main; main()"]
+    subprocess.run([*cli, "report", str(run_dir), "--out", str(out), "--n-boot", str(n_boot)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, cpu
 
 
-def _phases(run_dir: Path, out: Path, n_boot: int) -> dict[str, float]:
+def _phases(run_dir: Path, out: Path, n_boot: int) -> dict[str, tuple[float, float]]:
+    """(wall, cpu) seconds of each phase, in this process."""
     from biasmed.analysis import load_run, prepare, summarize
     from biasmed.report import write_report
 
-    t = {}
-    t0 = time.perf_counter()
+    t: dict[str, tuple[float, float]] = {}
+
+    def clock() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def lap(name: str, start: tuple[float, float]) -> None:
+        w, c = clock()
+        t[name] = (w - start[0], c - start[1])
+
+    s = clock()
     df = load_run(run_dir)
-    t["load"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    lap("load", s)
+    s = clock()
     sc = prepare(df, "robust")
-    t["score (robust)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    lap("score (robust)", s)
+    s = clock()
     summary = summarize(sc, n_boot=n_boot, seed=0)
-    t[f"statistics ({n_boot} resamples/comparison)"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    lap(f"statistics ({n_boot} resamples/comparison)", s)
+    s = clock()
     write_report(summary, out, plots=True)
-    t["csv + md + plots"] = time.perf_counter() - t0
-    comparisons = int(summary[["drop", "drop_same_mit", "adoption_diff", "recovery"]].notna().sum().sum())
-    t["comparisons"] = comparisons
+    lap("csv + md + plots", s)
+    t["comparisons"] = (float(summary[["drop", "drop_same_mit", "adoption_diff", "recovery"]].notna().sum().sum()), 0.0)
     return t
 
 
@@ -152,9 +160,10 @@ def main() -> None:
             print(f"biasmed report (fresh process) #{i + 1}: wall {wall:.2f} s, cpu {cpu:.2f} s")
         print(f"best wall {min(w for w, _ in runs):.2f} s, best cpu {min(c for _, c in runs):.2f} s")
         phases = _phases(run_dir, Path(tmp) / "phases", args.n_boot)
-        print("in-process phases:")
-        for k, v in phases.items():
-            print(f"  {k}: {v:.2f} s" if isinstance(v, float) else f"  {k}: {v}")
+        print("in-process phases (wall / cpu):")
+        for k, (w, c) in phases.items():
+            print(f"  {k}: {int(w)}" if k == "comparisons" else f"  {k}: {w:.2f} s / {c:.2f} s")
+        print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus")
         print(json.dumps({"samples": n, "cli": runs, "phases": phases}))
 
 

@@ -14,8 +14,12 @@ the fake-quantized operands (``rel err``); the script exits non-zero on any mism
 
 Shapes: ``small`` = MMfreeLM-370M (1024->2816, 2816->1024, 1024->32000), ``2.7b`` =
 MMfreeLM-2.7B (2560->6912, 6912->2560, 2560->32000), ``tiny`` = 256->512 (smoke tests).
+``--e2e SIZE`` also writes a random checkpoint of a published size to a temporary directory and
+times, through ``load_mmfree(packed=True)``: load+pack, scoring a 300-token prompt
+(``next_token_logits``) and greedy decoding after a 50-token prompt (tokens per second).
 
     python benchmarks/ternary.py --threads 1           # CPU (about 1 min on 2 busy cores)
+    python benchmarks/ternary.py --threads 1 --shapes tiny --e2e 370M   # + a whole random model
     python benchmarks/ternary.py --device cuda --shapes 2.7b
     TRITON_INTERPRET=1 python benchmarks/ternary.py --device interpret --shapes tiny --batches 1,8
 """
@@ -169,13 +173,52 @@ def model_memory() -> list[dict[str, object]]:
         all_shapes = per_layer * layers + [(hidden, 32000)]  # + lm_head
         bf16 = sum(2 * k * n for k, n in all_shapes)
         packed = sum(n * ((k + 3) // 4) + 4 for k, n in all_shapes)
-        out.append({"model": f"MMfreeLM-{name}", "bf16_GB": bf16 / 1e9, "packed_GB": packed / 1e9, "ratio": bf16 / packed})
+        out.append(
+            {"model": f"MMfreeLM-{name}", "bf16_GB": bf16 / 1e9, "packed_GB": packed / 1e9, "ratio": bf16 / packed}
+        )
     return out
+
+
+def bench_model(hidden: int, layers: int, prompt_len: int = 300, new_tokens: int = 20) -> dict[str, float]:
+    """End to end on a random checkpoint of a published size: load+pack, scoring, generation."""
+    import tempfile
+
+    from biasmed.ternary import load_mmfree
+    from biasmed.ternary.checkpoint import make_tiny_hgrn_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        make_tiny_hgrn_checkpoint(tmp, hidden_size=hidden, num_hidden_layers=layers, vocab_size=32000)
+        start = time.perf_counter()
+        model, _ = load_mmfree(tmp, packed=True)
+        load_s = time.perf_counter() - start
+    model.generation_config.eos_token_id = None
+    ids = torch.randint(3, 32000, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        start = time.perf_counter()
+        model.next_token_logits(ids)
+        score_s = time.perf_counter() - start
+        short = ids[:, :50]
+        model.generate(short, max_new_tokens=1, do_sample=False)  # prefill alone
+        start = time.perf_counter()
+        prefill = model.generate(short, max_new_tokens=1, do_sample=False)
+        prefill_s = time.perf_counter() - start
+        start = time.perf_counter()
+        model.generate(prefill[:, :50], max_new_tokens=new_tokens + 1, do_sample=False)
+        decode_s = time.perf_counter() - start - prefill_s
+    memory = model.ternary_memory()
+    return {
+        "load_and_pack_s": load_s,
+        f"score_{prompt_len}_tokens_s": score_s,
+        "decode_tokens_per_s": new_tokens / decode_s,
+        "packed_MB": memory["packed"] / 2**20,
+        "bf16_MB": memory["bf16"] / 2**20,
+    }
 
 
 def markdown(rows: list[Row]) -> str:
     lines = [
-        "| device | shape (K->N) | batch | bf16 MB | packed MB | bf16 ms | ternary ms | speed-up | exact | rel err vs fp32 |",
+        "| device | shape (K->N) | batch | bf16 MB | packed MB | bf16 ms | ternary ms | speed-up | exact "
+        "| rel err vs fp32 |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in rows:
@@ -193,6 +236,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--e2e", choices=["370M", "1.3B", "2.7B"], help="also time a random model of this size")
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     if args.threads:
@@ -217,9 +261,17 @@ def main() -> None:
             f"{item['model']}: BitLinear weights {item['bf16_GB']:.2f} GB bf16 -> "
             f"{item['packed_GB']:.3f} GB packed ({item['ratio']:.2f}x smaller)"
         )
+    e2e = None
+    if args.e2e:
+        layers, hidden, _ = MODEL_DIMS[args.e2e]
+        e2e = bench_model(hidden, layers)
+        print(f"\nrandom MMfreeLM-{args.e2e}-shaped model, packed, CPU reference kernels:")
+        for key, value in e2e.items():
+            print(f"  {key}: {value:.2f}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": device, "rows": [asdict(r) for r in rows], "models": model_memory()}, fh, indent=2)
+            payload = {"device": device, "rows": [asdict(r) for r in rows], "models": model_memory(), "e2e": e2e}
+            json.dump(payload, fh, indent=2)
     if not all(r.exact and r.max_rel_err_vs_fp32 < 1e-4 for r in rows):
         raise SystemExit("MISMATCH: a ternary kernel differs from the exact integer product")
 

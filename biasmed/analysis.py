@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-import numpy as np
-
 from biasmed.records import NONE
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 CONVENTIONS: tuple[str, ...] = ("robust", "paper")
@@ -78,12 +77,13 @@ def load_run(run_dir: str | os.PathLike[str]) -> "pd.DataFrame":
     df["dataset_sha256"] = ds.get("sha256")
     df["dataset_source"] = ds.get("source")
     df["is_demo"] = bool(ds.get("is_demo", False))
-    extra = df["extra"].map(lambda e: e if isinstance(e, dict) else {})
-    df["ae"] = extra.map(lambda e: bool(e.get("ae", False)))
-    df["log_file"] = extra.map(lambda e: e.get("log_file"))
-    df["log_index"] = extra.map(lambda e: e.get("log_index"))
-    df["logged_is_correct"] = extra.map(lambda e: e.get("logged_is_correct"))
-    df["logged_is_correct_raw"] = extra.map(lambda e: e.get("logged_is_correct_raw", e.get("logged_is_correct")))
+    # the paper-log fields, lifted out of `extra` in one pass
+    extras = [e if isinstance(e, dict) else {} for e in (r.get("extra") for r in rows)]
+    df["ae"] = [bool(e.get("ae", False)) for e in extras]
+    df["log_file"] = [e.get("log_file") for e in extras]
+    df["log_index"] = [e.get("log_index") for e in extras]
+    df["logged_is_correct"] = [e.get("logged_is_correct") for e in extras]
+    df["logged_is_correct_raw"] = [e.get("logged_is_correct_raw", e.get("logged_is_correct")) for e in extras]
     df["draw"] = df["draw"].fillna(0).astype(int)
     # small on purpose: pandas deep-copies attrs on every operation
     df.attrs["run"] = {"path": str(run_dir), "kind": meta.get("kind", "run"), "model": meta.get("model"),
@@ -116,15 +116,22 @@ def load_options(runs: Iterable[Mapping[str, Any]], medqa: str | None = None) ->
             if not src or (src, sha) in seen:
                 continue
             seen.add((src, sha))
-            try:
-                if src == "demo":
-                    sets.append(load_demo(ds.get("split", "test")))
-                elif Path(src).is_file():
-                    qs = load_medqa(src, ds.get("split", "test"), int(ds.get("n_options", 5)))
-                    if sha is None or qs.sha256 == sha:
-                        sets.append(qs)
-            except Exception:
+            split, n_opt = ds.get("split", "test"), int(ds.get("n_options", 5))
+            if src == "demo":
+                sets.append(load_demo(split))
                 continue
+            # the recorded path (it may be relative to where the run was made), else
+            # $BIASMED_MEDQA_DIR; either is used only when its sha256 is the recorded one
+            for cand in (src, os.environ.get("BIASMED_MEDQA_DIR")):
+                if not cand or not Path(cand).exists():
+                    continue
+                try:
+                    qs = load_medqa(cand, split, n_opt)
+                except Exception:
+                    continue
+                if sha is None or qs.sha256 == sha:
+                    sets.append(qs)
+                    break
     for qs in sets:
         for q in qs.questions:
             out.setdefault(q.id, dict(q.options))
@@ -207,6 +214,8 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
     w_correct, w_total, w_nr: what the sample adds to the condition's counters (1/1/0-1 except
     where the paper's script counted a logged record 0 or 2 times); den_mode: "total"|"answered".
     """
+    import numpy as np
+
     from biasmed.scoring import extract_paper, extract_robust, paper_log_counts, score_logprobs
 
     if convention not in CONVENTIONS:
@@ -338,17 +347,21 @@ def _order_key(col: "pd.Series") -> "pd.Series":
 class _Cond:
     """One condition's per-question arrays, aligned on the model's question index."""
 
-    correct: np.ndarray  # float: 1/0, NaN where the question is absent
-    letter: np.ndarray  # int: 0..4 letter, -1 no letter, -2 absent
-    target: np.ndarray  # int: planted letter 0..4, -1 none, -2 absent
+    correct: "np.ndarray"  # float: 1/0, NaN where the question is absent
+    letter: "np.ndarray"  # int: 0..4 letter, -1 no letter, -2 absent
+    target: "np.ndarray"  # int: planted letter 0..4, -1 none, -2 absent
 
 
-def _letter_codes(values: Iterable[Any]) -> np.ndarray:
+def _letter_codes(values: Iterable[Any]) -> "np.ndarray":
+    import numpy as np
+
     return np.array([_LETTERS.find(v) if isinstance(v, str) and len(v) == 1 else -1 for v in values],
                     dtype=np.int64)
 
 
 def _model_rows(model: str, mdf: "pd.DataFrame", convention: str, n_boot: int, seed: int) -> list[dict[str, Any]]:
+    import numpy as np
+
     from biasmed import stats
 
     live = mdf[~mdf["failed"]]
@@ -394,6 +407,8 @@ def _model_rows(model: str, mdf: "pd.DataFrame", convention: str, n_boot: int, s
 def _paired_columns(row: dict[str, Any], conds: Mapping[tuple[str, str, int], _Cond],
                     base_rows: Mapping[tuple[str, str, int], dict[str, Any]], model: str,
                     n_boot: int, seed: int) -> None:
+    import numpy as np
+
     from biasmed import stats
 
     bias, mit, draw = row["bias"], row["mitigation"], row["draw"]

@@ -55,6 +55,13 @@ def _ci(row: Any, key: str, lo: str, hi: str) -> str:
     return f"{row[key]:.3f} [{row[lo]:.3f}, {row[hi]:.3f}]"
 
 
+def _n(x: Any) -> str:
+    """A count that pandas may hold as a float (NaN elsewhere in its column)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return str(int(x))
+
+
 def _short(x: Any) -> str:
     """0.288 -> .288 (console tables are narrow)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -103,7 +110,7 @@ def rich_tables(summary: "pd.DataFrame") -> list[Any]:
                 r = r.iloc[0]
                 cell = _short(r["accuracy"])
                 if not (isinstance(r["drop"], float) and math.isnan(r["drop"])):
-                    cell += f"  Δ{_short(-r['drop'])}" + ("*" if r["significant"] else " ")
+                    cell += f" Δ{_short(-r['drop'])}" + ("*" if r["significant"] else " ")
                 cells.append(cell)
             t.add_row(*cells)
         t.caption = ("Δ = accuracy − unbiased accuracy (no mitigation), same questions; * significant drop "
@@ -150,11 +157,13 @@ def report_markdown(summary: "pd.DataFrame", plots: Sequence[str] = ()) -> str:
         out += ["", "### Paired drop vs the unbiased questions (no mitigation)", "",
                 "drop = accuracy(unbiased, no mitigation) − accuracy(condition), on the same questions; "
                 "positive = the condition hurts.", "",
-                "| bias | mitigation | n paired | drop [95% CI] | McNemar p | Holm p | paper z-test p | drop vs unbiased same mitigation [95% CI] |",
+                "| bias | mitigation | n paired | drop [95% CI] | McNemar p | Holm p | paper z-test p "
+                "| drop vs unbiased same mitigation [95% CI] |",
                 "|---|---|---:|---|---:|---:|---:|---|"]
         for _, r in m[~((m["bias"] == NONE) & (m["mitigation"] == "none"))].iterrows():
             sig = " **" if r["significant"] else ""
-            out.append(f"| {r['bias']} | {r['mitigation']} | {_fmt(r['n_paired'])} | {_ci(r, 'drop', 'drop_lo', 'drop_hi')}{sig} "
+            out.append(f"| {r['bias']} | {r['mitigation']} | {_n(r['n_paired'])} "
+                       f"| {_ci(r, 'drop', 'drop_lo', 'drop_hi')}{sig} "
                        f"| {_p(r['p_mcnemar'])} | {_p(r['p_holm'])} | {_p(r['p_paper'])} "
                        f"| {_ci(r, 'drop_same_mit', 'drop_same_mit_lo', 'drop_same_mit_hi')} |")
         biased = m[m["bias"] != NONE]
@@ -165,9 +174,9 @@ def report_markdown(summary: "pd.DataFrame", plots: Sequence[str] = ()) -> str:
                 "| bias | mitigation | n | adoption | baseline | difference [95% CI] | p | flips (rate) |",
                 "|---|---|---:|---:|---:|---|---:|---:|"]
         for _, r in biased.iterrows():
-            out.append(f"| {r['bias']} | {r['mitigation']} | {_fmt(r['n_target'])} | {_fmt(r['adoption'])} "
+            out.append(f"| {r['bias']} | {r['mitigation']} | {_n(r['n_target'])} | {_fmt(r['adoption'])} "
                        f"| {_fmt(r['adoption_base'])} | {_ci(r, 'adoption_diff', 'adoption_lo', 'adoption_hi')} "
-                       f"| {_p(r['p_adoption'])} | {_fmt(r['flips'])} ({_fmt(r['flip_rate'])}) |")
+                       f"| {_p(r['p_adoption'])} | {_n(r['flips'])} ({_fmt(r['flip_rate'])}) |")
         rec = biased[biased["mitigation"] != "none"]
         if not rec.empty:
             out += ["", "### Mitigation recovery", "",

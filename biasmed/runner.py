@@ -327,7 +327,7 @@ class Runner:
         tasks = [asyncio.create_task(worker()) for _ in range(max(1, min(self.config.concurrency, len(todo))))]
         try:
             # the first FatalRunError stops everything at once; the others are cancelled
-            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for t in done:
                 if t.exception() is not None:
                     raise t.exception()  # type: ignore[misc]

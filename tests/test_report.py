@@ -319,6 +319,30 @@ def test_demo_runs_are_flagged_everywhere(tmp_path: Path) -> None:
     assert "True" in lb.output.splitlines()[1]  # the is_demo column
 
 
+def test_options_come_from_the_recorded_dataset(tmp_path: Path) -> None:
+    # a demo-set run: replies that are an option's text alone score through the option-text rule
+    from biasmed.data import load_demo
+
+    qs = load_demo("test")
+    samples = []
+    for q in qs.questions[:10]:
+        s = sample(int(q.id[-4:]), "none", "none", q.options[q.answer_idx] + ".", question_id=q.id,
+                   sample_id=f"{q.id}|none|none", answer_idx=q.answer_idx)
+        samples.append(s)
+    run = write_run(tmp_path / "demo", samples, is_demo=True)
+    meta = json.loads((run / "run.json").read_text())
+    meta["dataset"].update(source="demo", sha256=qs.sha256)
+    (run / "run.json").write_text(json.dumps(meta))
+    sc = prepare(run)
+    assert set(sc.frame["s_rule"]) == {"option-text"} and sc.frame["s_correct"].all()
+    assert not any("no question options" in n for n in sc.notes)
+    # without the options the same replies are unparsed, and the report says why
+    meta["dataset"]["source"] = "elsewhere.jsonl"
+    (run / "run.json").write_text(json.dumps(meta))
+    sc = prepare(run)
+    assert not sc.frame["s_correct"].any() and any("no question options" in n for n in sc.notes)
+
+
 def test_leaderboard_cli_writes_csv_and_md(run: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["leaderboard", str(run), "--out", str(tmp_path / "lb.csv")])
     assert res.exit_code == 0, res.output

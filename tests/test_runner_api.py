@@ -139,7 +139,7 @@ def test_transient_faults_are_retried(api, tmp_path, provider, fault):
     ps = prompts(1)
     api.inject(fault, times=2)
     t0 = time.monotonic()
-    res, samples = run(make_model(api, provider, timeout=0.3), ps, tmp_path, timeout=0.3, concurrency=4)
+    res, samples = run(make_model(api, provider, timeout=0.8), ps, tmp_path, timeout=0.8, concurrency=4)
     assert res.status == "complete", res.message
     assert res.stats.retries == 2 and res.stats.failed == 0 and res.stats.errors == 0
     samples = ordered(samples, ps)
@@ -393,3 +393,34 @@ def test_unknown_mode_for_anthropic_is_refused(api, tmp_path):
 def test_prompt_sha_matches_records():
     p = prompts(1)[0]
     assert prompt_sha(p.text) == p.sha256
+
+
+def test_an_api_run_imports_no_heavy_library(api, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom biasmed.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'pandas', 'scipy', 'matplotlib', 'datasets') "
+        "if m in sys.modules))"
+    )
+    r = subprocess.run([sys.executable, "-c", code, "run", "--model", "openai:gpt-test", "--base-url",
+                        api.url + "/v1", "--limit", "1", "--out", str(tmp_path / "r"), "--quiet"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert sum(api.answered.values()) == 8
+
+
+def test_models_lists_every_provider_and_what_it_needs(monkeypatch):
+    from biasmed.models.registry import PROVIDERS
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    r = CliRunner().invoke(app, ["models", "--plain"])
+    assert r.exit_code == 0
+    rows = {line.split("\t")[0]: line.split("\t") for line in r.stdout.splitlines()}
+    assert set(rows) == set(PROVIDERS)
+    assert rows["openai"][4] == "ready" and rows["anthropic"][4] == "missing $ANTHROPIC_API_KEY"
+    assert rows["replay"][4] == "ready" and KEYS["OPENAI_API_KEY"] not in r.stdout
+    wide = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert "biasmed[vllm]" in wide.stdout  # no markup eaten

@@ -77,7 +77,8 @@ class ReferenceHGRNBit:
             hseq = torch.stack(hs, dim=1)
             g = self.rms(self.bitlinear(xh, f"{p}.attn.g_proj"), w[f"{p}.attn.g_norm.weight"], eps)
             r = x + self.bitlinear(g * hseq * sig(hseq), f"{p}.attn.o_proj")
-            gate, y = self.bitlinear(self.rms(r, w[f"{p}.mlp_norm.weight"], eps), f"{p}.mlp.gate_proj").chunk(2, -1)
+            m = self.rms(r, w[f"{p}.mlp_norm.weight"], eps)
+            gate, y = self.bitlinear(m, f"{p}.mlp.gate_proj").chunk(2, -1)
             x = r + self.bitlinear(gate * sig(gate) * y, f"{p}.mlp.down_proj")
         return self.bitlinear(self.rms(x, w["model.norm.weight"], eps), "lm_head")
 
@@ -317,6 +318,8 @@ def test_left_padding_and_next_token_logits(ckpt: Path) -> None:
 def test_load_mmfree_latent_and_dtype(ckpt: Path) -> None:
     model, tok = ternary.load_mmfree(str(ckpt), dtype="float32", packed=False)
     assert not model.is_packed and model.model.embeddings.weight.dtype == torch.float32
+    stored, _ = ternary.load_mmfree(str(ckpt))  # dtype "auto": as stored in the checkpoint
+    assert stored.is_packed and stored.model.embeddings.weight.dtype == torch.bfloat16
     assert tok.padding_side == "left" and tok.pad_token is not None
     for bad in ("int8", "banana"):
         with pytest.raises(ValueError, match="unknown dtype"):

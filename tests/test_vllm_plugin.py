@@ -156,7 +156,7 @@ def _part(result: dict[str, Any], name: str) -> dict[str, Any]:
 
 def test_entry_point_registers_both_architectures_and_ternary(worker: dict[str, Any]) -> None:
     plugin = _part(worker, "plugin")
-    assert ["biasmed_ternary", PLUGIN_TARGET] in plugin["entry_points"], plugin["entry_points"]
+    assert any(value == PLUGIN_TARGET for _, value in plugin["entry_points"]), plugin["entry_points"]
     assert Path(plugin["biasmed_file"]).resolve().is_relative_to(REPO)
     state = plugin["after_load"]
     hgrn = state["architectures"]["HGRNBitForCausalLM"]

@@ -55,13 +55,15 @@ def models_cmd(
             typer.echo("\t".join(r))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="biasmed model providers (--model SPEC)", show_lines=False)
     for col in ("provider", "example spec", "modes", "needs", "here", "what"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        t.add_row(*r[:4], f"[green]{r[4]}[/]" if r[4] == "ready" else f"[yellow]{r[4]}[/]", r[5])
+        here = f"[green]{escape(r[4])}[/]" if r[4] == "ready" else f"[yellow]{escape(r[4])}[/]"
+        t.add_row(*map(escape, r[:4]), here, escape(r[5]))
     Console().print(t)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -47,7 +48,8 @@ def report_cmd(
                             allow_mixed=allow_mixed)
         target = out or (runs[0] / "report" if len(runs) == 1 else Path("report"))
         written = write_report(summary, target, plots=plots)
-    console = Console(highlight=False)
+    # piped output is not wrapped at 80 columns: four mitigations need about 100
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
     if summary.attrs.get("is_demo"):
         console.print(f"[bold red]{escape(DEMO_BANNER)}[/]")
     console.print(escape(convention_line(convention)))

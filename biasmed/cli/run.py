@@ -36,7 +36,8 @@ def default_out(spec: str, mode: str) -> Path:
 
 def _load_prompts(data: Path | None, medqa: str | None, split: str, n_options: int, biases: str | None,
                   template_version: str, seed: int, mitigations: list[str], target_mode: str,
-                  limit: int | None, bias_files: list[Path] | None, role: str) -> tuple[list[Any], dict[str, Any]]:
+                  limit: int | None, bias_files: list[Path] | None, role: str,
+                  draws: int = 1) -> tuple[list[Any], dict[str, Any]]:
     """The prompts of this run and the manifest describing where they came from."""
     if data is not None:
         return _prompts_from_file(data, biases, mitigations, limit)
@@ -45,7 +46,7 @@ def _load_prompts(data: Path | None, medqa: str | None, split: str, n_options: i
 
     questions, pool, templates = load_sources(medqa, split, n_options, mitigations, template_version, bias_files)
     bench = build_benchmark(questions, biases, templates, seed, mitigations, pool, target_mode,
-                            limit=limit, role=role)
+                            limit=limit, role=role, draws=draws)
     return bench.prompts(), bench.manifest()
 
 
@@ -194,6 +195,7 @@ def run_cmd(
     target_mode: Annotated[str, typer.Option("--target-mode", help="incorrect | correct | random")] = "incorrect",
     seed: Annotated[int, typer.Option(help="seed of the target and demo draws (and of sampling when --temperature > 0)")] = 0,
     limit: Annotated[Optional[int], typer.Option(help="first N questions, each with every requested condition")] = None,
+    draws: Annotated[int, typer.Option(help="re-draw the planted targets K times (variance over draws)")] = 1,
     bias_file: Annotated[Optional[list[Path]], typer.Option("--bias-file", help="user-authored bias YAML (repeatable)")] = None,
     mode: Annotated[str, typer.Option(help="generate (the model writes a reply) or logprob (letter log-probs)")] = "generate",
     role: Annotated[str, typer.Option(help="send the prompt as one system message (the paper) or user message")] = "system",
@@ -218,7 +220,7 @@ def run_cmd(
     dtype: Annotated[Optional[str], typer.Option(help="local models: bfloat16, float16, float32")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="local models: prompts per forward pass")] = None,
 ) -> None:
-    """Put the prompts to a model; write results/<run>/samples.jsonl and run.json. Resumable."""
+    """Put the prompts to a model; write <out>/samples.jsonl and run.json (help text: _HELP)."""
     from biasmed.models.base import MODES
 
     if mode not in MODES:
@@ -246,7 +248,7 @@ def run_cmd(
         provider, _ = parse_spec(model)
         mits = parse_mitigations(mitigations)
         prompts, manifest = _load_prompts(data, medqa, split, options, biases, template_version, seed, mits,
-                                          target_mode, limit, bias_file, role)
+                                          target_mode, limit, bias_file, role, draws)
     if not prompts:
         fail("no prompts to run (check --data / --biases / --limit)")
 
@@ -268,8 +270,9 @@ def run_cmd(
     from biasmed.models._apicommon import safe_url
 
     ds = manifest.get("dataset") or {}
+    identity = m.cache_identity()
     meta_new: dict[str, Any] = {
-        "model": model, "base_url": safe_url(base_url), "params": params.as_dict(),
+        "model": model, "base_url": safe_url(identity.get("base_url") or base_url), "params": params.as_dict(),
         "dataset_sha256": ds.get("sha256"), "split": ds.get("split"), "n_options": ds.get("n_options"),
         "template_version": manifest.get("template_version"), "template_sha256": manifest.get("template_sha256"),
         "seed": manifest.get("seed"), "target_mode": manifest.get("target_mode"),
@@ -298,6 +301,9 @@ def run_cmd(
     if is_demo:
         typer.echo("biasmed: note: using the embedded DEMO SET (biasmed's own illustrative vignettes, not MedQA): "
                    "its figures are not BiasMedQA results. Pass --medqa PATH or set BIASMED_MEDQA_DIR.", err=True)
+
+    for note in getattr(m, "notes", []) or []:
+        typer.echo(f"biasmed: note: {note}", err=True)
 
     if dry_run:
         try:
@@ -329,7 +335,9 @@ def run_cmd(
     meta.update(meta_new)
     meta.update({
         "provider": provider,
-        "model_identity": m.cache_identity(),
+        "model_identity": identity,
+        "notes": list(getattr(m, "notes", []) or []),
+        "scoring": "biasmed.scoring robust rule (generate); argmax of letter log-probs (logprob)",
         "dataset": ds,
         "is_demo": is_demo,
         "demo_pool": manifest.get("demo_pool"),
@@ -444,5 +452,15 @@ def _dry_run(prompts: list[Any], out: Path, m: Any, params: Any, price: Any, cac
               f"${price.output:g} output per 1M tokens)")
 
 
+_HELP = " ".join("""
+Put the prompts to a model; write <out>/samples.jsonl and run.json. Run the same command again to
+resume: finished samples are skipped and answered prompts come from the response cache.
+""".split()) + "\n\n" + " ".join("""
+Exit codes: 0 complete; 1 some samples still failed after their retries (run again to retry them);
+2 bad input or a fatal API error (401/403, no key, unknown model); 3 --max-cost reached;
+130 interrupted. Everything written before a stop stays valid.
+""".split())
+
+
 def register(app: typer.Typer) -> None:
-    app.command("run")(run_cmd)
+    app.command("run", help=_HELP)(run_cmd)

@@ -23,6 +23,24 @@ RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|sk-ant-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
 
 
+def httpx_module(sdk: Any) -> Any:
+    """The HTTP library `sdk` (the openai or anthropic module) is built on: `httpx2` or `httpx`,
+    read off its default client class so both SDK generations work."""
+    import importlib
+
+    for base in sdk.DefaultAsyncHttpxClient.__mro__[1:]:
+        root = base.__module__.split(".")[0]
+        if root.startswith("httpx"):
+            return importlib.import_module(root)
+    return importlib.import_module("httpx")
+
+
+def http_limits(sdk: Any, concurrency: int) -> Any:
+    """A connection pool sized to the runner's concurrency, so no request queues for a socket."""
+    return httpx_module(sdk).Limits(max_connections=max(100, 2 * concurrency),
+                                    max_keepalive_connections=max(20, concurrency))
+
+
 def env_key(*names: str) -> str | None:
     for n in names:
         v = os.environ.get(n)

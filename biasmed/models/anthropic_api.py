@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from biasmed.models._apicommon import env_key, one_line, raise_for_status, redact, safe_url
+from biasmed.models._apicommon import env_key, http_limits, one_line, raise_for_status, redact, safe_url
 from biasmed.models.base import Answer, FatalRunError, GenParams, RetryableError
 from biasmed.records import Prompt
 
@@ -65,20 +65,23 @@ class AnthropicMessages:
                 "adapter": ADAPTER, "system_only_user_turn": SYSTEM_ONLY_USER_TURN,
                 "sampling_params": self.sampling_params}
 
+    async def prepare(self) -> None:
+        """Import the SDK and build the client before the first request (outside its timeout);
+        a missing key stops the run here, before anything is sent."""
+        self._get_client()
+
     def _get_client(self) -> Any:
         if self._client is None:
             key = env_key("ANTHROPIC_API_KEY")
             if key is None:
                 raise FatalRunError("anthropic: no API key: set ANTHROPIC_API_KEY in the environment")
             import anthropic
-            import httpx2
 
             self._secret = key
-            limits = httpx2.Limits(max_connections=max(100, 2 * self._concurrency),
-                                   max_keepalive_connections=max(20, self._concurrency))
-            self._client = anthropic.AsyncAnthropic(
-                api_key=key, base_url=self.base_url, max_retries=0, timeout=self._timeout,
-                http_client=anthropic.DefaultAsyncHttpxClient(limits=limits, timeout=self._timeout))
+            http = anthropic.DefaultAsyncHttpxClient(limits=http_limits(anthropic, self._concurrency),
+                                                     timeout=self._timeout)
+            self._client = anthropic.AsyncAnthropic(api_key=key, base_url=self.base_url, max_retries=0,
+                                                    timeout=self._timeout, http_client=http)
         return self._client
 
     def _request(self, prompt: Prompt, params: GenParams) -> dict[str, Any]:

@@ -22,7 +22,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from biasmed.models._apicommon import env_key, one_line, raise_for_status, redact, safe_url
+from biasmed.models._apicommon import (env_key, http_limits, httpx_module, one_line, raise_for_status, redact,
+                                        safe_url)
 from biasmed.models.base import Answer, FatalRunError, GenParams, RetryableError
 from biasmed.records import Prompt
 
@@ -51,27 +52,30 @@ class OpenAIChat:
         self._timeout = timeout
         self._concurrency = concurrency
         self._client: Any = None
+        self._response_cls: Any = None
         self._secret: str | None = None
 
     def cache_identity(self) -> dict[str, Any]:
         return {"provider": self.provider, "model": self.model, "base_url": safe_url(self.base_url),
                 "adapter": ADAPTER}
 
+    async def prepare(self) -> None:
+        """Import the SDK and build the client before the first request (outside its timeout);
+        a missing key stops the run here, before anything is sent."""
+        self._get_client()
+
     def _get_client(self) -> Any:
         if self._client is None:
             key = env_key(*self._key_envs)
             if key is None and self._key_required:
                 raise FatalRunError(f"{self.provider}: no API key: set {self._key_envs[0]} in the environment")
-            import httpx2
             import openai
 
             self._secret = key
-            # connection pool sized to the runner's concurrency, so no request queues for a socket
-            limits = httpx2.Limits(max_connections=max(100, 2 * self._concurrency),
-                                   max_keepalive_connections=max(20, self._concurrency))
-            self._client = openai.AsyncOpenAI(
-                api_key=key or "not-needed", base_url=self.base_url, max_retries=0,
-                timeout=self._timeout, http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self._timeout))
+            http = openai.DefaultAsyncHttpxClient(limits=http_limits(openai, self._concurrency), timeout=self._timeout)
+            self._response_cls = httpx_module(openai).Response
+            self._client = openai.AsyncOpenAI(api_key=key or "not-needed", base_url=self.base_url, max_retries=0,
+                                              timeout=self._timeout, http_client=http)
         return self._client
 
     def _request(self, prompt: Prompt, params: GenParams) -> dict[str, Any]:
@@ -99,7 +103,7 @@ class OpenAIChat:
         client = self._get_client()
         t0 = time.perf_counter()
         try:
-            raw = await client.post("/chat/completions", body=self._request(prompt, params), cast_to=_httpx_response())
+            raw = await client.post("/chat/completions", body=self._request(prompt, params), cast_to=self._response_cls)
         except openai.APIStatusError as e:
             try:
                 body = e.response.json()
@@ -141,12 +145,6 @@ class OpenAIChat:
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-def _httpx_response() -> type:
-    import httpx2
-
-    return httpx2.Response
 
 
 def letter_logprobs(content: list[dict[str, Any]], letters: Sequence[str]) -> dict[str, float]:

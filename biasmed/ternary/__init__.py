@@ -54,31 +54,32 @@ __all__ = [
 ]
 
 
-def _resolve_dtype(dtype: Any) -> "torch.dtype":
+def _resolve_dtype(dtype: Any) -> "torch.dtype | str":
     import torch
 
-    if isinstance(dtype, torch.dtype):
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     name = str(dtype).removeprefix("torch.")
     aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
     resolved = getattr(torch, aliases.get(name, name), None)
     if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float16 or float32")
+        raise ValueError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32")
     return resolved
 
 
 def load_mmfree(
     path_or_hub_id: str,
     device: str = "cpu",
-    dtype: Any = "bfloat16",
+    dtype: Any = "auto",
     packed: bool = True,
     backend: str = "auto",
     **from_pretrained_kwargs: Any,
 ) -> tuple[HGRNBitForCausalLM, Any]:
     """Load an HGRN-bit checkpoint directory or hub id; return ``(model, tokenizer)`` in eval mode.
 
-    ``dtype`` is the storage dtype of the embeddings and norms (and of the latent weights when
-    ``packed=False``); compute is float32.  With ``packed=True`` weights are ternarized and packed
+    ``dtype`` (``"auto"``: as stored, or a float dtype or its name such as ``"bfloat16"``) is the
+    storage dtype of the embeddings and norms (and of the latent weights when ``packed=False``);
+    compute is float32 whatever it is.  With ``packed=True`` weights are ternarized and packed
     on CPU before the move to ``device``, so the device never holds the latent copy.
     Extra keyword arguments go to ``from_pretrained`` (e.g. ``revision``, ``local_files_only``).
     """

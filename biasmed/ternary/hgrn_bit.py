@@ -242,7 +242,9 @@ class HGRNBitAttention(nn.Module):
     def __init__(self, config: HGRNBitConfig, layer_idx: int) -> None:
         super().__init__()
         if config.use_short_conv:
-            raise NotImplementedError("HGRN-bit with use_short_conv=true is not supported (no published checkpoint uses it)")
+            raise NotImplementedError(
+                "HGRN-bit with use_short_conv=true is not supported (no published checkpoint uses it)"
+            )
         hidden, inner = config.hidden_size, config.inner_size
         self.layer_idx = layer_idx
         self.i_proj = BitLinear(hidden, inner)

@@ -4,9 +4,13 @@
 ``ternary_linear(x_q, x_scale, w)`` returns the dequantized output
 ``(x_q @ trits^T) * (w.scale / x_scale)``, i.e. the BitLinear output.
 
-Backends: ``"reference"`` (this module; unpacks at most ``chunk_bytes`` of weights at a time to
-codes ``c = trit + 1`` and accumulates ``x @ c^T - sum(x)`` in int32 with ``torch._int_mm``), ``"triton"`` (``triton_kernel``; reads the packed
-bytes directly) and ``"auto"`` (Triton for CUDA tensors when triton imports, else the reference).
+Backends:
+
+* ``"reference"`` (this module): unpacks at most ``chunk_bytes`` of weights at a time to codes
+  ``c = trit + 1`` and accumulates ``x @ c^T - sum(x)`` in int32 with ``torch._int_mm``;
+* ``"triton"`` (:mod:`biasmed.ternary.triton_kernel`): reads the packed bytes directly;
+* ``"auto"``: Triton for CUDA tensors when triton imports, else the reference.
+
 The environment variable ``BIASMED_TERNARY_BACKEND`` overrides ``"auto"``.
 """
 

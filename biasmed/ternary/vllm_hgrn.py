@@ -37,6 +37,7 @@ from biasmed.ternary.quant import rms_norm
 from biasmed.ternary.vllm_state import RecurrentStateLayer
 from biasmed.ternary.vllm_ternary import TernaryConfig
 
+
 def _hf_config(vllm_config: VllmConfig) -> HGRNBitConfig:
     config = vllm_config.model_config.hf_config
     if not isinstance(config, HGRNBitConfig):  # e.g. parsed before the plugin registered it

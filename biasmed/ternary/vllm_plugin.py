@@ -10,8 +10,7 @@ each worker) through the entry-point group ``vllm.general_plugins``::
 model modules import vLLM's layers and are loaded by vLLM when first needed), registers the
 ``ternary`` quantization method, the Hugging Face config classes of both architectures, and the
 per-architecture config hook that gives attention-free models their recurrent-state block size.
-This module itself imports nothing heavy, so ``import biasmed.ternary.vllm_plugin`` works
-without vLLM installed.
+vLLM is imported only inside :func:`register`, so importing this module works without vLLM.
 """
 
 from __future__ import annotations
