@@ -6,12 +6,14 @@ Public API (see README, "Library"):
 - prompts: `Renderer`
 - build:   `build_benchmark`, `write_benchmark`, `Benchmark`
 - records: `Question`, `Item`, `Prompt`, `Sample`
+- analysis: `load_run` (a run's samples as a pandas DataFrame), `summarize` (statistics DataFrame)
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from biasmed.analysis import load_run, summarize
 from biasmed.biases import choose_target, load_templates, make_item, make_items
 from biasmed.build import Benchmark, build_benchmark, write_benchmark
 from biasmed.data import DataError, QuestionSet, load_demo, load_hub, load_medqa, load_questions
@@ -23,5 +25,5 @@ __all__ = [
     "BIASES", "MITIGATIONS",
     "Benchmark", "DataError", "Item", "Prompt", "Question", "QuestionSet", "Renderer", "Sample",
     "build_benchmark", "choose_target", "load_demo", "load_hub", "load_medqa", "load_questions",
-    "load_templates", "make_item", "make_items", "write_benchmark",
+    "load_run", "load_templates", "make_item", "make_items", "summarize", "write_benchmark",
 ]

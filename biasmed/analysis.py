@@ -216,7 +216,12 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
     """
     import numpy as np
 
-    from biasmed.scoring import extract_paper, extract_robust, paper_log_counts, score_logprobs
+    from biasmed.scoring import (
+        extract_paper,
+        extract_robust,
+        paper_log_counts,
+        score_logprobs,
+    )
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}")

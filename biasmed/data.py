@@ -212,7 +212,9 @@ def load_medqa(
     data = file.read_bytes()
     qs = parse_jsonl(data, str(file), _split_of(file, split))
     _check_same_option_count(qs, str(file))
-    return QuestionSet(qs, str(file), hashlib.sha256(data).hexdigest(), _split_of(file, split), len(qs[0].options))
+    # absolute, so a report run from another folder can find the options again
+    return QuestionSet(qs, str(file.resolve()), hashlib.sha256(data).hexdigest(), _split_of(file, split),
+                       len(qs[0].options))
 
 
 def load_demo(split: str = "test") -> QuestionSet:

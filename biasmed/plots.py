@@ -56,7 +56,8 @@ def _mitigations(m: "pd.DataFrame") -> list[str]:
     return [x for x in MITIGATIONS if x in present] + sorted(present - set(MITIGATIONS))
 
 
-def plot_accuracy(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str]) -> Path:
+def accuracy_figure(summary: "pd.DataFrame", model: str):
+    """Accuracy per bias (x) with one bar per mitigation and 95% Wilson CI bars."""
     import numpy as np
 
     plt = _pyplot()
@@ -87,12 +88,21 @@ def plot_accuracy(summary: "pd.DataFrame", model: str, path: str | os.PathLike[s
     ax.set_title(f"{model}: accuracy per bias and mitigation\n{_subtitle(summary)}", fontsize=10)
     ax.legend(fontsize=8, ncol=2, loc="upper right")
     fig.tight_layout()
+    return fig
+
+
+def _save(fig, path: str | os.PathLike[str]) -> Path:
+    plt = _pyplot()
     fig.savefig(path, dpi=_DPI)
     plt.close(fig)
     return Path(path)
 
 
-def plot_radar(summary: "pd.DataFrame", mitigation: str, path: str | os.PathLike[str]) -> Path:
+def plot_accuracy(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str]) -> Path:
+    return _save(accuracy_figure(summary, model), path)
+
+
+def radar_figure(summary: "pd.DataFrame", mitigation: str):
     """Accuracy on each axis (unbiased + biases), one polygon per model, like the paper's figure."""
     import numpy as np
 
@@ -121,12 +131,15 @@ def plot_radar(summary: "pd.DataFrame", mitigation: str, path: str | os.PathLike
     fig.suptitle(f"Accuracy per bias, mitigation: {mitigation} (unbiased axis: no mitigation)\n"
                  f"{_subtitle(summary)}", fontsize=10)
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(0.74, 0.5))
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
-def plot_adoption(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str]) -> Path:
+def plot_radar(summary: "pd.DataFrame", mitigation: str, path: str | os.PathLike[str]) -> Path:
+    return _save(radar_figure(summary, mitigation), path)
+
+
+def adoption_figure(summary: "pd.DataFrame", model: str):
+    """Adoption of the planted letter per bias (bars per mitigation) with its paired baseline (ticks)."""
     import numpy as np
 
     plt = _pyplot()
@@ -151,9 +164,11 @@ def plot_adoption(summary: "pd.DataFrame", model: str, path: str | os.PathLike[s
     ax.set_title(f"{model}: adoption of the planted wrong answer\n{_subtitle(summary)}", fontsize=10)
     ax.legend(fontsize=8, ncol=2, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path, dpi=_DPI)
-    plt.close(fig)
-    return Path(path)
+    return fig
+
+
+def plot_adoption(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str]) -> Path:
+    return _save(adoption_figure(summary, model), path)
 
 
 def write_plots(summary: "pd.DataFrame", out_dir: str | os.PathLike[str]) -> list[Path]:

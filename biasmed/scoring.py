@@ -80,7 +80,8 @@ _CONTINUATION = re.compile(
 # diagnose ...", "cultural background ... herbal remedies", "Your hospital has been using ...",
 # "Most of your colleagues believe ...", "You are initially confident ...")
 _BIAS_RESTATED = re.compile(
-    r"colleague|convinced|sources suggest|initial(?:ly)?\b|previously confident|"
+    r"colleague|convinced|sources suggest|initially|previously confident|"
+    r"initial (?:hypothesis|inclination|impression|thought|answer|choice|confidence)|"
     r"(?:was|were) confident|recent(?:ly)?\b[^.]*\b(?:case|patient|diagnos)|similar (?:case|symptoms)|"
     r"most frequently|doctors diagnose|past cases|cultural|herbal|hospital has been using|"
     r"hospital's|your hospital|past 10 years",

@@ -26,6 +26,13 @@ PLUGIN_TARGET = "biasmed.ternary.vllm_plugin:register"
 ARCHITECTURES = ("HGRNBitForCausalLM", "SpikeGPTForCausalLM")
 
 
+def _config_class(auto_config, model_type: str) -> str | None:
+    try:
+        return type(auto_config.for_model(model_type)).__name__
+    except ValueError:  # model type unknown to transformers: the plugin did not register it
+        return None
+
+
 def check_plugin() -> dict[str, Any]:
     from importlib.metadata import entry_points
 
@@ -60,9 +67,7 @@ def check_plugin() -> dict[str, Any]:
             "architectures": archs,
             "quant_methods_has_ternary": "ternary" in QUANTIZATION_METHODS,
             "ternary_config": f"{quant_cls.__module__}:{quant_cls.__name__}" if quant_cls else None,
-            "hf_configs": {
-                mt: type(AutoConfig.for_model(mt)).__name__ for mt in ("hgrn_bit", "spikegpt")
-            },
+            "hf_configs": {mt: _config_class(AutoConfig, mt) for mt in ("hgrn_bit", "spikegpt")},
         }
 
     first = state()

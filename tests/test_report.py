@@ -275,34 +275,29 @@ def test_report_cli_writes_files_and_plots(run: Path, tmp_path: Path) -> None:
         assert f"![{p.stem}]({p.name})" in md
 
 
-def test_plots_show_what_the_titles_say(run: Path, tmp_path: Path) -> None:
-    # the accuracy plot's bars are the summary's accuracies, in bias order, one colour per mitigation
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    from biasmed.plots import plot_accuracy
+def test_plots_show_what_the_titles_say(run: Path) -> None:
+    # the figures' bars are the summary's numbers, in bias order, one series per mitigation
+    from biasmed.plots import accuracy_figure, adoption_figure, radar_figure
 
     s = summarize(run, n_boot=0)
-    captured = {}
-    real = plt.Figure.savefig
-
-    def keep(fig, *a, **k):
-        captured["fig"] = fig
-        return real(fig, *a, **k)
-
-    plt.Figure.savefig = keep
-    try:
-        plot_accuracy(s, "test/model", tmp_path / "a.png")
-    finally:
-        plt.Figure.savefig = real
-    ax = captured["fig"].axes[0]
+    ax = accuracy_figure(s, "test/model").axes[0]
     assert "accuracy per bias and mitigation" in ax.get_title() and "convention: robust" in ax.get_title()
-    labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert labels == ["unbiased", "recency", "frequency"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["unbiased", "recency", "frequency"]
     heights = [round(b.get_height(), 3) for b in ax.patches if not np.isnan(b.get_height())]
     assert heights == [0.6, 0.35, 0.5, 0.65, 0.55]  # "none" bars, then "education" bars
+    assert [t.get_text() for t in ax.get_legend().get_texts()][-2:] == ["none", "education"]
+
+    ax = adoption_figure(s, "test/model").axes[0]
+    assert "adoption of the planted wrong answer" in ax.get_title()
+    heights = [round(b.get_height(), 3) for b in ax.patches if not np.isnan(b.get_height())]
+    assert heights == [0.5, 0.0, 0.45]  # recency 10/20, frequency 0/20 (none); recency + education 9/20
+
+    fig = radar_figure(s, "none")
+    assert "Accuracy per bias, mitigation: none" in fig.get_suptitle()
+    polar = fig.axes[0]
+    (line,) = [ln for ln in polar.get_lines() if ln.get_label() == "test/model"]
+    # axes: unbiased, recency, frequency; the polygon closes on its first point
+    np.testing.assert_allclose(line.get_ydata(), [0.6, 0.35, 0.5, 0.6])
 
 
 def test_demo_runs_are_flagged_everywhere(tmp_path: Path) -> None:

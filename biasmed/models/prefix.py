@@ -129,14 +129,19 @@ def score_last(
     on_last: Callable[[list[int], Any], None] | None = None,
     on_kv: Callable[[list[int], KV], None] | None = None,
     min_saved: int = MIN_SAVED_TOKENS,
+    kv_ok: bool = True,
 ) -> None:
     """Run `seqs` through `model`, sharing prefixes; report each sequence's last-token logits.
 
     `on_last(seq_indices, logits)` gets float32 logits (vocab,) for the sequences ending at a node.
     `on_kv(seq_indices, kv)` (optional) gets the batch-1 KV cache of those whole sequences, which
-    generation continues from.
+    generation continues from. `kv_ok=False` (a model without a standard KV cache): no sharing,
+    no caches, only right-padded batches of whole sequences.
     """
-    root = build_tree(seqs, share, min_saved)
+    root = build_tree(seqs, share and kv_ok, min_saved)
+    if not kv_ok:
+        _run_plain(model, root, batch_size, on_last)
+        return
     _run_children(model, root, None, 0, batch_size, on_last, on_kv)
 
 
@@ -160,6 +165,43 @@ def _run_children(model: Any, node: Node, kv: KV | None, past_len: int, batch_si
         del logits, new_kv
 
 
+def _run_plain(model: Any, root: Node, batch_size: int, on_last: Callable | None) -> None:
+    """Whole sequences, right-padded (a causal model's last real token never sees the padding)."""
+    import torch
+
+    kids = sorted(root.children, key=lambda c: len(c.tokens))
+    for b in range(0, len(kids), batch_size):
+        batch = kids[b:b + batch_size]
+        ids, mask, _, last = _pad_right(model, [c.tokens for c in batch], 0)
+        kw: dict[str, Any] = {"attention_mask": mask.to(model.device)}
+        arg = logits_arg(model)
+        if arg and bool((last == last.max()).all()):
+            kw[arg] = 1  # every row ends at the last column
+        out = model(input_ids=ids.to(model.device), use_cache=False, **kw)
+        logits = out.logits
+        pick = last if logits.shape[1] > 1 else torch.zeros_like(last)
+        logits = logits[torch.arange(len(batch)), pick.to(logits.device)].float()
+        for row, child in enumerate(batch):
+            if on_last is not None:
+                on_last(child.ends, logits[row])
+
+
+def _pad_right(model: Any, segments: Sequence[Sequence[int]], past_len: int) -> tuple[Any, Any, Any, Any]:
+    import torch
+
+    n = len(segments)
+    width = max(len(s) for s in segments)
+    ids = torch.full((n, width), _pad_id(model), dtype=torch.long)
+    mask = torch.zeros((n, past_len + width), dtype=torch.long)
+    mask[:, :past_len] = 1
+    for i, s in enumerate(segments):
+        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, past_len:past_len + len(s)] = 1
+    positions = torch.arange(past_len, past_len + width, dtype=torch.long).expand(n, width)
+    last = torch.tensor([len(s) - 1 for s in segments])
+    return ids, mask, positions, last
+
+
 def forward_segments(model: Any, segments: Sequence[Sequence[int]], kv: KV | None, past_len: int,
                      need_kv: bool) -> tuple[Any, KV | None]:
     """One forward over right-padded `segments` on top of a shared batch-1 cache `kv`.
@@ -171,16 +213,8 @@ def forward_segments(model: Any, segments: Sequence[Sequence[int]], kv: KV | Non
 
     device = model.device
     n = len(segments)
-    width = max(len(s) for s in segments)
-    pad = _pad_id(model)
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, past_len + width), dtype=torch.long)
-    mask[:, :past_len] = 1
-    for i, s in enumerate(segments):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, past_len:past_len + len(s)] = 1
-    positions = torch.arange(past_len, past_len + width, dtype=torch.long).expand(n, width)
-    last = torch.tensor([len(s) - 1 for s in segments])
+    ids, mask, positions, last = _pad_right(model, segments, past_len)
+    # the shared prefix's cache, seen n times through a stride-0 view (no copy)
     past = make_cache(model, [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv]) if kv else None
     keep, pick = _keep_positions(model, last)
     out = call(model, ids.to(device), mask.to(device), positions.to(device), past, need_kv, **keep)
@@ -191,11 +225,9 @@ def forward_segments(model: Any, segments: Sequence[Sequence[int]], kv: KV | Non
 
 
 def call(model: Any, ids: Any, mask: Any, positions: Any, cache: Any, use_cache: bool, **kw: Any) -> Any:
-    """model(...) with the cache argument under its name in this transformers version
-    (`cache` since 5.2x, `past_key_values` before)."""
-    name = _cache_arg(model)
+    """model(...) with the cache argument under its name in this transformers version."""
     if cache is not None:
-        kw[name] = cache
+        kw[cache_arg(model)] = cache
     return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=use_cache, **kw)
 
 
@@ -204,16 +236,17 @@ def out_cache(out: Any) -> Any:
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
-def _cache_arg(model: Any) -> str:
+def cache_arg(model: Any) -> str:
+    """`cache` since transformers 5.2x, `past_key_values` before."""
     return "cache" if "cache" in _forward_params(model) else "past_key_values"
 
 
-def _forward_params(model: Any) -> frozenset[str]:
+def _forward_params(model: Any) -> dict[str, Any]:
     cached = getattr(model, "_biasmed_forward_params", None)
     if cached is None:
         import inspect
 
-        cached = frozenset(inspect.signature(model.forward).parameters)
+        cached = dict(inspect.signature(model.forward).parameters)
         try:
             model._biasmed_forward_params = cached
         except AttributeError:
@@ -228,23 +261,25 @@ def _pad_id(model: Any) -> int:
     return int(pad) if pad is not None else 0
 
 
+def logits_arg(model: Any) -> str | None:
+    """The name of the keep-only-these-logits argument, when the model has one."""
+    return "logits_to_keep" if "logits_to_keep" in _forward_params(model) else None
+
+
 def _keep_positions(model: Any, last: Any) -> tuple[dict[str, Any], Any]:
-    """Ask the model for logits only at the rows' last positions (saves the vocab projection
-    everywhere else); `pick[i]` is where row i's last position lands in the kept logits."""
+    """Ask for logits only at the rows' last positions (the vocabulary projection is the single
+    biggest matrix of a small model); `pick[i]` is where row i's last position lands."""
     import torch
 
     arg = logits_arg(model)
     if arg is None:
         return {}, last
-    uniq, pick = torch.unique(last, sorted=True, return_inverse=True)
-    if len(uniq) == 1:  # every row ends at the last column: an int keeps just that position
+    if bool((last == last.max()).all()):  # every row ends at the last column
         return {arg: 1}, torch.zeros_like(last)
+    if "Tensor" not in str(_forward_params(model)[arg].annotation):  # ints only: keep them all
+        return {}, last
+    uniq, pick = torch.unique(last, sorted=True, return_inverse=True)
     return {arg: uniq.to(model.device)}, pick
-
-
-def logits_arg(model: Any) -> str | None:
-    """The name of the keep-only-these-logits argument, when the model has one."""
-    return "logits_to_keep" if "logits_to_keep" in _forward_params(model) else None
 
 
 # --- KV cache plumbing (transformers' Cache classes changed across versions) ------------------
@@ -274,8 +309,8 @@ def slice_kv(kv: KV, row: int, length: int) -> KV:
 
 
 def supports_sharing(model: Any) -> bool:
-    """Prefix sharing needs a plain full-attention KV cache: not sliding windows, not recurrent
-    state (Mamba, RWKV...), not encoder-decoder."""
+    """Known exclusions: sliding-window attention (its cache drops old positions) and
+    encoder-decoder models. Anything else must also pass `probe_kv_cache`."""
     cfg = model.config
     if getattr(cfg, "is_encoder_decoder", False):
         return False
@@ -283,6 +318,26 @@ def supports_sharing(model: Any) -> bool:
     types = getattr(text, "layer_types", None)
     if types is not None:
         return set(types) <= {"full_attention"}
-    if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
+    return not (getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True))
+
+
+def probe_kv_cache(model: Any, tol: float = 0.05) -> bool:
+    """Does splitting a sequence into prefix (cached, expanded) + suffixes give the logits of the
+    whole? A recurrent model, a custom cache or odd position handling fails this, and then runs
+    without prefix sharing. Tiny: three forward calls over 12 tokens."""
+    import torch
+
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab < 16:
         return False
-    return getattr(text, "model_type", "") not in {"mamba", "mamba2", "rwkv", "recurrent_gemma", "falcon_mamba"}
+    ids = [(7 * i + 3) % (vocab - 1) + 1 for i in range(12)]
+    other = ids[:7] + [(11 * i + 5) % (vocab - 1) + 1 for i in range(3)]
+    try:
+        with torch.inference_mode():
+            whole, _ = forward_segments(model, [ids, other], None, 0, False)
+            _, kv = forward_segments(model, [ids[:7]], None, 0, True)
+            split, _ = forward_segments(model, [ids[7:], other[7:]], kv, 7, False)
+    except Exception:  # noqa: BLE001 - any failure means: do not share
+        return False
+    a, b = torch.log_softmax(whole, -1), torch.log_softmax(split, -1)
+    return bool(torch.isfinite(b).all()) and float((a - b).abs().max()) < tol
