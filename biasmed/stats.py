@@ -166,3 +166,60 @@ def recovery(unbiased: np.ndarray, biased: np.ndarray, mitigated: np.ndarray, n_
         if len(ok) >= min_valid * n_boot:
             lo, hi = (float(v) for v in np.quantile(ok, [alpha / 2, 1 - alpha / 2]))
     return Recovery(n, value, lo, hi)
+
+
+@dataclass(frozen=True)
+class MeanCI:
+    """The mean of per-question values, with a percentile bootstrap CI over questions."""
+
+    n: int
+    mean: float
+    lo: float
+    hi: float
+
+
+def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator, alpha: float = 0.05,
+                   chunk: int = 2000) -> MeanCI:
+    """Mean of per-question values (NaN = question absent) and its question-bootstrap CI.
+
+    Each value may itself be a summary of one question over several conditions (a mean over
+    target draws, over biases, a paired difference): resampling questions with replacement then
+    keeps those together, a cluster bootstrap. Drawing n values with replacement is a multinomial
+    draw over the distinct values, so the cost grows with the number of distinct values, not n.
+    The CI is NaN without resamples.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    n = len(v)
+    nan = float("nan")
+    if n == 0:
+        return MeanCI(0, nan, nan, nan)
+    lo = hi = nan
+    if n_boot > 0:
+        uniq, counts = np.unique(v, return_counts=True)
+        p = counts / n
+        boot = np.concatenate([rng.multinomial(n, p, size=min(chunk, n_boot - s)) @ uniq / n
+                               for s in range(0, n_boot, chunk)])
+        lo, hi = (float(x) for x in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
+    return MeanCI(n, float(v.mean()), lo, hi)
+
+
+@dataclass(frozen=True)
+class Spread:
+    """How a figure varies across re-draws of the planted targets."""
+
+    k: int
+    mean: float
+    sd: float  # sample SD (ddof 1); NaN with fewer than two draws
+    min: float
+    max: float
+
+
+def spread(values: Sequence[float] | np.ndarray) -> Spread:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    nan = float("nan")
+    if len(v) == 0:
+        return Spread(0, nan, nan, nan, nan)
+    sd = float(v.std(ddof=1)) if len(v) > 1 else nan
+    return Spread(len(v), float(v.mean()), sd, float(v.min()), float(v.max()))

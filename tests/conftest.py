@@ -20,6 +20,9 @@ import pytest
 # tests never touch the network: make `datasets` / `huggingface_hub` fail fast instead of trying
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the Triton kernel tests run interpreted on CPU; the flag must be set before ANY test imports
+# triton (torch, vLLM and the exports may import it first), so it is set here, at collection start
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 # the archives unpacked for the fidelity tests (others are read in place by the tests that need them)

@@ -65,6 +65,7 @@ class VLLMModel:
     seed: int = 0
     revision: str | None = None
     max_chunk: int = 1024  # vLLM schedules a big list best; the runner cuts chunks at this size
+    engine_args: dict[str, Any] = field(default_factory=dict)  # passed on to vllm.LLM as they are
     identity: dict[str, Any] = field(default_factory=dict)
     modes: frozenset[str] = frozenset(MODES)
     batched: bool = True
@@ -73,7 +74,7 @@ class VLLMModel:
 
     def cache_identity(self) -> dict[str, Any]:
         return {"provider": "vllm", **self.identity, "dtype": self.dtype, "chat_template": self.chat_template,
-                "adapter": f"vllm-{ADAPTER_VERSION}"}
+                "adapter": f"vllm-{ADAPTER_VERSION}"}  # engine_args tune speed and memory, not answers
 
     async def prepare(self) -> None:
         # vLLM wants its engine built in the main thread (it installs signal handlers, spawns
@@ -101,6 +102,7 @@ class VLLMModel:
             value = getattr(self, name)
             if value is not None:
                 kw[name] = value
+        kw.update(self.engine_args)
         if not token_ids_field:
             kw["max_logprobs"] = -1
         try:
@@ -199,8 +201,8 @@ def _logsumexp(xs: list[float]) -> float:
 
 def make_vllm(rest: str, **opts: Any) -> VLLMModel:
     """`vllm:<folder or hub id>`. Options: dtype, chat_template, max_model_len,
-    gpu_memory_utilization, tensor_parallel_size, enforce_eager, seed, revision, max_chunk
-    (others, e.g. device or batch_size, are ignored: vLLM schedules by itself). Cheap: the
+    gpu_memory_utilization, tensor_parallel_size, enforce_eager, seed, revision, max_chunk,
+    engine_args (a dict of any further vllm.LLM arguments; Python API only) (others, e.g. device or batch_size, are ignored: vLLM schedules by itself). Cheap: the
     engine starts in `prepare()` or the first `answer()`."""
     kw: dict[str, Any] = {}
     if opts.get("dtype") is not None:
@@ -221,5 +223,7 @@ def make_vllm(rest: str, **opts: Any) -> VLLMModel:
         kw["enforce_eager"] = _bool_opt("enforce_eager", opts["enforce_eager"])
     if opts.get("revision") is not None:
         kw["revision"] = str(opts["revision"])
+    if opts.get("engine_args"):
+        kw["engine_args"] = dict(opts["engine_args"])
     source, identity = resolve_source("vllm", rest, kw.get("revision"))
     return VLLMModel(spec=f"vllm:{rest}", source=source, identity=identity, **kw)
