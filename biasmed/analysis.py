@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
+from biasmed.controls import CONTROL_COLUMNS, HELPFUL_MODE, Cond, CondKey, control_of, primary_mode
 from biasmed.records import NONE
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "recovery", "recovery_lo", "recovery_hi",
     "z_paper", "p_paper",
     "is_demo", "dataset_sha256",
+    # additions (issue 6): controls and re-drawn targets; docs/controls.md
+    "target_mode", "control_of", "n_draws", *CONTROL_COLUMNS,
 )
 
 
@@ -179,19 +182,36 @@ def combine(frames: Sequence["pd.DataFrame"], allow_mixed: bool = False) -> tupl
         if not allow_mixed:
             raise ValueError(f"runs were built from different datasets ({where}); pass --allow-mixed to combine them")
         notes.append(f"MIXED DATASETS combined on request (--allow-mixed): {where}")
-    key = ["model", "sample_id"]
+    df = df.assign(tmode=target_modes(df))
+    # a helpful-bias run (--target-mode correct) repeats the sample ids of the main run
+    key = ["model", "sample_id", "tmode"]
     dup = df.duplicated(key, keep="first")
     if dup.any():
-        notes.append(f"{int(dup.sum())} samples repeated across runs were dropped (first occurrence kept)")
+        n_none = int((dup & (df["bias"] == NONE)).sum())
+        if int(dup.sum()) > n_none:
+            notes.append(f"{int(dup.sum()) - n_none} biased samples repeated across runs were dropped "
+                         "(first occurrence kept)")
+        if n_none:
+            notes.append(f"{n_none} unbiased samples repeated across runs were dropped (first occurrence kept; "
+                         "a run of the helpful-bias control repeats the unbiased questions)")
         df = df[~dup].reset_index(drop=True)
     return df, notes
 
 
+def target_modes(df: "pd.DataFrame") -> list[str]:
+    """Each sample's target mode: "" when unbiased, else as recorded ("incorrect" when missing)."""
+    modes = df["target_mode"].tolist() if "target_mode" in df else [None] * len(df)
+    return ["" if b == NONE else (m if isinstance(m, str) and m else "incorrect")
+            for b, m in zip(df["bias"].tolist(), modes)]
+
+
 def _select_rows(df: "pd.DataFrame", convention: str) -> "pd.DataFrame":
     """robust: plain rows (ae copies only where no plain copy exists); paper: ae preferred per condition."""
+    if "tmode" not in df:
+        df = df.assign(tmode=target_modes(df))
     if not df["ae"].any():
         return df
-    cond = ["model", "bias", "mitigation", "draw"]
+    cond = ["model", "bias", "mitigation", "draw", "tmode"]
     has_ae = df.groupby(cond)["ae"].transform("any")
     has_plain = df.groupby(cond)["ae"].transform(lambda s: (~s).any())
     if convention == "paper":
@@ -314,26 +334,49 @@ def prepare(runs_or_frames: RunLike | Sequence[RunLike], convention: str = DEFAU
 def summarize(runs_or_frames: RunLike | Sequence[RunLike] | Scored, convention: str = DEFAULT_CONVENTION,
               n_boot: int = 10_000, seed: int = 0,
               options: Mapping[str, Mapping[str, str]] | None = None, medqa: str | None = None,
-              allow_mixed: bool = False) -> "pd.DataFrame":
-    """Statistics per (model, bias, mitigation[, draw]) as a DataFrame (columns: SUMMARY_COLUMNS).
+              allow_mixed: bool = False, controls_boot: int | None = None) -> "pd.DataFrame":
+    """Statistics per (model, bias, mitigation[, draw][, target mode]) as a DataFrame (SUMMARY_COLUMNS).
 
     Accepts run folders, frames from `load_run`, or a `Scored` from `prepare`. `attrs` carries
-    the convention, n_boot, seed and the notes (demo set, dropped duplicates, ...).
+    the convention, n_boot, seed and the notes (demo set, dropped duplicates, ...), and
+    `model_controls`: one dict per (model, mitigation) of model-level control figures
+    (`biasmed.controls.MODEL_CONTROL_COLUMNS`), bootstrapped `controls_boot` times (default n_boot).
     """
     import pandas as pd
 
+    from biasmed.controls import model_rows
+
     sc = runs_or_frames if isinstance(runs_or_frames, Scored) else prepare(
         runs_or_frames, convention, options, medqa, allow_mixed)
+    cboot = n_boot if controls_boot is None else controls_boot
     rows: list[dict[str, Any]] = []
+    model_controls: list[dict[str, Any]] = []
     for model, mdf in sc.frame.groupby("model", sort=True):
-        rows.extend(_model_rows(str(model), mdf, sc.convention, n_boot, seed))
+        conds, mrows = _model_rows(str(model), mdf, sc.convention, n_boot, seed)
+        rows.extend(mrows)
+        model_controls.extend(model_rows(str(model), conds, cboot, seed))
     out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     out = _holm_by_family(out)
-    out = out.sort_values(["model", "mitigation", "draw", "bias"], key=_order_key).reset_index(drop=True)
+    out = out.sort_values(["model", "mitigation", "draw", "bias", "target_mode"], key=_order_key).reset_index(drop=True)
     out.attrs.update({"convention": sc.convention, "n_boot": n_boot, "seed": seed, "notes": list(sc.notes),
                       "runs": [r.get("path") for r in sc.runs],
-                      "is_demo": bool(sc.frame["is_demo"].any()) if len(sc.frame) else False})
+                      "is_demo": bool(sc.frame["is_demo"].any()) if len(sc.frame) else False,
+                      "controls_boot": cboot, "model_controls": model_controls})
     return out
+
+
+def main_rows(summary: "pd.DataFrame") -> "pd.DataFrame":
+    """The rows of the main tables: the default draw, and per model its primary target mode
+    (wrong letters planted; `random` only where no `incorrect` run was given). The helpful-bias
+    rows (correct letter planted) and the re-draws are reported as controls."""
+    if "target_mode" not in summary or summary.empty:
+        return summary[summary["draw"] == 0] if "draw" in summary else summary
+    keep = summary["draw"] == 0
+    tm = summary["target_mode"].fillna("")
+    for model, modes in tm.groupby(summary["model"]):
+        pm = primary_mode(list(modes))
+        keep &= ~((summary["model"] == model) & (tm != "") & (tm != (pm or "")))
+    return summary[keep]
 
 
 def _order_key(col: "pd.Series") -> "pd.Series":
@@ -341,20 +384,15 @@ def _order_key(col: "pd.Series") -> "pd.Series":
 
     if col.name == "bias":
         order = {b: i for i, b in enumerate((NONE, *BIASES, *V2_BIASES))}
-        return col.map(lambda b: (order.get(b, 99), b))
+        # a placebo sorts right after the bias it controls for
+        return col.map(lambda b: (order.get(control_of(b) or b, 99), control_of(b) or b, bool(control_of(b)), b))
     if col.name == "mitigation":
         order = {m: i for i, m in enumerate(MITIGATIONS)}
         return col.map(lambda m: (order.get(m, 99), m))
+    if col.name == "target_mode":
+        order = {"": 0, "incorrect": 1, "random": 2, HELPFUL_MODE: 3}
+        return col.map(lambda m: (order.get(m, 9), m))
     return col
-
-
-@dataclass
-class _Cond:
-    """One condition's per-question arrays, aligned on the model's question index."""
-
-    correct: "np.ndarray"  # float: 1/0, NaN where the question is absent
-    letter: "np.ndarray"  # int: 0..4 letter, -1 no letter, -2 absent
-    target: "np.ndarray"  # int: planted letter 0..4, -1 none, -2 absent
 
 
 def _letter_codes(values: Iterable[Any]) -> "np.ndarray":
@@ -364,18 +402,21 @@ def _letter_codes(values: Iterable[Any]) -> "np.ndarray":
                     dtype=np.int64)
 
 
-def _model_rows(model: str, mdf: "pd.DataFrame", convention: str, n_boot: int, seed: int) -> list[dict[str, Any]]:
+def _model_rows(model: str, mdf: "pd.DataFrame", convention: str, n_boot: int,
+                seed: int) -> tuple[dict[CondKey, Cond], list[dict[str, Any]]]:
     import numpy as np
 
     from biasmed import stats
+    from biasmed.controls import fill_columns
 
     live = mdf[~mdf["failed"]]
     qcodes, quniq = (live["question_id"].factorize() if len(live) else (np.array([], dtype=int), []))
     q_n = len(quniq)
     live = live.assign(_q=qcodes)
-    conds: dict[tuple[str, str, int], _Cond] = {}
-    base_rows: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for key, g in live.groupby(["bias", "mitigation", "draw"], sort=False):
+    group = ["bias", "mitigation", "draw", "tmode"]
+    conds: dict[CondKey, Cond] = {}
+    base_rows: dict[CondKey, dict[str, Any]] = {}
+    for key, g in live.groupby(group, sort=False):
         g = g[g["_q"] >= 0]
         corr = np.full(q_n, np.nan)
         let = np.full(q_n, -2, dtype=np.int64)
@@ -384,10 +425,10 @@ def _model_rows(model: str, mdf: "pd.DataFrame", convention: str, n_boot: int, s
         corr[qi] = g["s_correct"].to_numpy(dtype=float)
         let[qi] = _letter_codes(g["s_letter"])
         tgt[qi] = _letter_codes(g["bias_target"])
-        conds[key] = _Cond(corr, let, tgt)
+        conds[(key[0], key[1], int(key[2]), key[3])] = Cond(corr, let, tgt)
     rows = []
-    for key, g in mdf.groupby(["bias", "mitigation", "draw"], sort=False):
-        bias, mit, draw = key
+    for key, g in mdf.groupby(group, sort=False):
+        bias, mit, draw, tmode = key
         ok = g[~g["failed"]]
         den_mode = ok["den_mode"].iloc[0] if len(ok) else "total"
         k, t, nr = int(ok["w_correct"].sum()), int(ok["w_total"].sum()), int(ok["w_nr"].sum())
@@ -401,43 +442,54 @@ def _model_rows(model: str, mdf: "pd.DataFrame", convention: str, n_boot: int, s
             acc_den=den, accuracy=k / den if den else np.nan, acc_lo=float(lo), acc_hi=float(hi),
             nr_rate=nr / t if t else np.nan, acc_excl_nr=k / (t - nr) if t - nr > 0 else np.nan,
             is_demo=bool(ok["is_demo"].any()), dataset_sha256=",".join(shas),
+            target_mode=tmode, control_of=control_of(bias),
         )
-        base_rows[key] = row
+        base_rows[(bias, mit, int(draw), tmode)] = row
         rows.append(row)
     for row in rows:
         _paired_columns(row, conds, base_rows, model, n_boot, seed)
-    return rows
+    fill_columns(rows, conds, model, n_boot, seed)
+    return conds, rows
 
 
-def _paired_columns(row: dict[str, Any], conds: Mapping[tuple[str, str, int], _Cond],
-                    base_rows: Mapping[tuple[str, str, int], dict[str, Any]], model: str,
+def _rng_keys(row: dict[str, Any]) -> tuple[Any, ...]:
+    """(bias, mitigation, draw[, target mode]): the wrong-target keys are the ones used before
+    target modes existed, so their bootstrap draws did not move."""
+    keys = (row["bias"], row["mitigation"], row["draw"])
+    return keys if row["target_mode"] in ("", "incorrect") else (*keys, row["target_mode"])
+
+
+def _paired_columns(row: dict[str, Any], conds: Mapping[CondKey, Cond],
+                    base_rows: Mapping[CondKey, dict[str, Any]], model: str,
                     n_boot: int, seed: int) -> None:
     import numpy as np
 
     from biasmed import stats
+    from biasmed.controls import BASE
 
-    bias, mit, draw = row["bias"], row["mitigation"], row["draw"]
-    me = conds.get((bias, mit, draw))
-    base = conds.get((NONE, "none", 0))
+    bias, mit, draw, tm = row["bias"], row["mitigation"], row["draw"], row["target_mode"]
+    rk = _rng_keys(row)
+    me = conds.get((bias, mit, draw, tm))
+    base = conds.get(BASE)
     nan = np.nan
     row.update({c: nan for c in SUMMARY_COLUMNS if c not in row})
     row["significant"] = False
     if me is None or base is None:
         return
-    is_base = (bias, mit, draw) == (NONE, "none", 0)
+    is_base = (bias, mit, draw, tm) == BASE
     if not is_base:
         both = ~np.isnan(me.correct) & ~np.isnan(base.correct)
         d = stats.paired_diff(base.correct[both] > 0, me.correct[both] > 0, n_boot,
-                              stats.rng_for(seed, model, bias, mit, draw, "drop"))
+                              stats.rng_for(seed, model, *rk, "drop"))
         row.update(n_paired=d.n, drop=d.diff, drop_lo=d.lo, drop_hi=d.hi, p_mcnemar=d.p)
-        b = base_rows[(NONE, "none", 0)]
+        b = base_rows[BASE]
         z, p = stats.two_proportion_z(b["correct"], b["acc_den"], row["correct"], row["acc_den"])
         row.update(z_paper=z, p_paper=p)
-    same = conds.get((NONE, mit, 0))
+    same = conds.get((NONE, mit, 0, ""))
     if bias != NONE and mit != "none" and same is not None:
         both = ~np.isnan(me.correct) & ~np.isnan(same.correct)
         d = stats.paired_diff(same.correct[both] > 0, me.correct[both] > 0, n_boot,
-                              stats.rng_for(seed, model, bias, mit, draw, "drop-same"))
+                              stats.rng_for(seed, model, *rk, "drop-same"))
         row.update(n_paired_same_mit=d.n, drop_same_mit=d.diff, drop_same_mit_lo=d.lo,
                    drop_same_mit_hi=d.hi, p_same_mit=d.p)
     if bias != NONE:
@@ -445,28 +497,37 @@ def _paired_columns(row: dict[str, Any], conds: Mapping[tuple[str, str, int], _C
         if has.any():
             adopted = me.letter[has] == me.target[has]
             before = base.letter[has] == me.target[has]
-            d = stats.paired_diff(adopted, before, n_boot, stats.rng_for(seed, model, bias, mit, draw, "adopt"))
+            d = stats.paired_diff(adopted, before, n_boot, stats.rng_for(seed, model, *rk, "adopt"))
             flips = int(((base.correct[has] > 0) & adopted).sum())
             row.update(n_target=d.n, adoption=d.mean_x, adoption_base=d.mean_y, adoption_diff=d.diff,
                        adoption_lo=d.lo, adoption_hi=d.hi, p_adoption=d.p, flips=flips,
                        flip_rate=flips / d.n)
-        unmit = conds.get((bias, "none", draw))
+        unmit = conds.get((bias, "none", draw, tm))
         if mit != "none" and unmit is not None:
             all3 = ~np.isnan(me.correct) & ~np.isnan(base.correct) & ~np.isnan(unmit.correct)
             r = stats.recovery(base.correct[all3] > 0, unmit.correct[all3] > 0, me.correct[all3] > 0,
-                               n_boot, stats.rng_for(seed, model, bias, mit, draw, "recovery"))
+                               n_boot, stats.rng_for(seed, model, *rk, "recovery"))
             row.update(recovery=r.value, recovery_lo=r.lo, recovery_hi=r.hi)
 
 
 def _holm_by_family(out: "pd.DataFrame") -> "pd.DataFrame":
-    """Holm across the biases of one (model, mitigation, draw): the drops vs the unbiased baseline."""
+    """Holm across the biases of one (model, mitigation, draw): the drops vs the unbiased baseline.
+
+    Controls are families of their own: the placebo conditions, and each other target mode
+    (helpful-bias rows), so adding a control never changes a bias's adjusted p-value. The
+    placebo and helpful-bias comparisons of the biases are adjusted across the biases too.
+    """
     from biasmed.stats import holm
 
     if out.empty:
         return out
     out = out.copy()
     fam = out["bias"] != NONE
-    for _, idx in out[fam].groupby(["model", "mitigation", "draw"]).groups.items():
+    out["_control"] = out["control_of"].fillna("") != ""
+    for key, idx in out[fam].groupby(["model", "mitigation", "draw", "target_mode", "_control"]).groups.items():
         out.loc[idx, "p_holm"] = holm(out.loc[idx, "p_mcnemar"].to_numpy(dtype=float))
+        if not key[-1]:
+            out.loc[idx, "p_placebo_holm"] = holm(out.loc[idx, "p_placebo"].to_numpy(dtype=float))
+            out.loc[idx, "p_helpful_holm"] = holm(out.loc[idx, "p_helpful"].to_numpy(dtype=float))
     out["significant"] = (out["p_holm"] < 0.05) & (out["drop"] > 0)
-    return out
+    return out.drop(columns="_control")

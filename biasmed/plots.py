@@ -46,6 +46,13 @@ def _subtitle(summary: "pd.DataFrame") -> str:
     return f"convention: {conv}{demo}"
 
 
+def _main(summary: "pd.DataFrame") -> "pd.DataFrame":
+    """The default draw and the wrong-letter target mode (see analysis.main_rows)."""
+    from biasmed.analysis import main_rows
+
+    return main_rows(summary)
+
+
 def _biases(m: "pd.DataFrame") -> list[str]:
     present = set(m["bias"])
     return [b for b in _ORDER if b in present] + sorted(present - set(_ORDER))
@@ -61,7 +68,8 @@ def accuracy_figure(summary: "pd.DataFrame", model: str):
     import numpy as np
 
     plt = _pyplot()
-    m = summary[(summary["model"] == model) & (summary["draw"] == 0)]
+    main = _main(summary)
+    m = main[main["model"] == model]
     biases, mits = _biases(m), _mitigations(m)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(biases) + 2), 4.6))
     width = 0.8 / max(1, len(mits))
@@ -107,7 +115,7 @@ def radar_figure(summary: "pd.DataFrame", mitigation: str):
     import numpy as np
 
     plt = _pyplot()
-    main = summary[summary["draw"] == 0]
+    main = _main(summary)
     m = main[main["mitigation"] == mitigation]
     # the unbiased axis is always the no-mitigation baseline, as in the paper's radar charts
     axes = [b for b in _ORDER if b in set(m["bias"]) or b == NONE]
@@ -143,7 +151,8 @@ def adoption_figure(summary: "pd.DataFrame", model: str):
     import numpy as np
 
     plt = _pyplot()
-    m = summary[(summary["model"] == model) & (summary["draw"] == 0) & (summary["bias"] != NONE)]
+    main = _main(summary)
+    m = main[(main["model"] == model) & (main["bias"] != NONE)]
     biases, mits = _biases(m), _mitigations(m)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(biases) + 2), 4.6))
     width = 0.8 / max(1, len(mits))
@@ -171,6 +180,72 @@ def plot_adoption(summary: "pd.DataFrame", model: str, path: str | os.PathLike[s
     return _save(adoption_figure(summary, model), path)
 
 
+def controls_figure(summary: "pd.DataFrame", model: str, mitigation: str = "none"):
+    """Per bias, the accuracy change against the unbiased questions (paired, 95% bootstrap CIs):
+    with a wrong letter planted, with the placebo sentence, with the correct letter planted;
+    dots = the change in each re-draw of the wrong targets."""
+    import numpy as np
+
+    plt = _pyplot()
+    main = _main(summary)
+    m = main[(main["model"] == model) & (main["mitigation"] == mitigation) & (main["bias"] != NONE)
+             & (main["control_of"].fillna("") == "")]
+    biases = _biases(m)
+    by_bias = m.set_index("bias")
+    placebo = main[(main["model"] == model) & (main["mitigation"] == mitigation)].set_index("bias")
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(biases) + 2), 4.6))
+    x = np.arange(len(biases))
+    series = [("wrong letter planted (bias)", lambda b: _neg(_val(by_bias, b, "drop"))),
+              ("placebo sentence, same letter", lambda b: _neg(_val(placebo, "placebo_" + b, "drop"))),
+              ("correct letter planted", lambda b: _val(by_bias, b, "helpful_gain"))]
+    width = 0.8 / len(series)
+    for j, (label, get) in enumerate(series):
+        vals = [get(b) for b in biases]
+        v = np.array([t[0] for t in vals])
+        err = np.array([[max(0.0, t[0] - t[1]) if not np.isnan(t[1]) else 0.0 for t in vals],
+                        [max(0.0, t[2] - t[0]) if not np.isnan(t[2]) else 0.0 for t in vals]])
+        ax.bar(x + (j - 1) * width, v, width, yerr=np.nan_to_num(err), capsize=2, label=label,
+               error_kw={"elinewidth": 0.8})
+    base = summary[(summary["model"] == model) & (summary["bias"] == NONE) & (summary["mitigation"] == "none")
+                   & (summary["draw"] == 0)]
+    ref = float(base["accuracy"].iloc[0]) if len(base) else float("nan")
+    dots = False
+    for i, b in enumerate(biases):
+        if b not in by_bias.index:
+            continue
+        redraws = summary[(summary["model"] == model) & (summary["bias"] == b) & (summary["mitigation"] == mitigation)
+                          & (summary["target_mode"] == by_bias.loc[b, "target_mode"])]
+        if len(redraws) > 1:
+            ax.scatter(np.full(len(redraws), x[i] - width), redraws["accuracy"].to_numpy(dtype=float) - ref, s=9,
+                       color="black", zorder=3, label=None if dots else "each re-draw of the wrong letters")
+            dots = True
+    ax.axhline(0, color="0.3", lw=0.8)
+    ax.set_xticks(x, [_LABELS.get(b, b) for b in biases], rotation=30, ha="right")
+    ax.set_ylabel("accuracy − unbiased accuracy (95% CI)")
+    ax.set_title(f"{model}: bias effect and its controls, mitigation: {mitigation}\n{_subtitle(summary)}", fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _neg(v: tuple[float, float, float]) -> tuple[float, float, float]:
+    return -v[0], -v[2], -v[1]
+
+
+def _val(frame: "pd.DataFrame", bias: str, col: str) -> tuple[float, float, float]:
+    nan = float("nan")
+    if bias not in frame.index or col not in frame.columns:
+        return nan, nan, nan
+    r = frame.loc[bias]
+    if getattr(r, "ndim", 1) > 1:  # several rows (another target mode): the first is the main one
+        r = r.iloc[0]
+    return float(r[col]), float(r[f"{col}_lo"]), float(r[f"{col}_hi"])
+
+
+def plot_controls(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str], mitigation: str = "none") -> Path:
+    return _save(controls_figure(summary, model, mitigation), path)
+
+
 def write_plots(summary: "pd.DataFrame", out_dir: str | os.PathLike[str]) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,4 +259,9 @@ def write_plots(summary: "pd.DataFrame", out_dir: str | os.PathLike[str]) -> lis
     for model in models:
         if (summary[summary["model"] == model]["bias"] != NONE).any():
             paths.append(plot_adoption(summary, model, out / f"adoption_{slug(model)}.png"))
+    from biasmed.report_controls import has_controls
+
+    for model in models:
+        if any(has_controls(summary, model).values()):
+            paths.append(plot_controls(summary, model, out / f"controls_{slug(model)}.png"))
     return paths

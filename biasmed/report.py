@@ -12,6 +12,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biasmed.records import BIASES, MITIGATIONS, NONE, V2_BIASES
+from biasmed.report_controls import (
+    LEADERBOARD_CONTROL_COLUMNS,
+    control_markdown,
+    control_tables,
+    leaderboard_controls,
+    leaderboard_controls_markdown,
+    model_controls_frame,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,6 +40,8 @@ LEADERBOARD_COLUMNS: tuple[str, ...] = (
     *(f"acc_{b}" for b in LEADERBOARD_BIASES),
     "n_biases", "mean_biased_acc", "mean_drop", "worst_drop", "worst_bias", "mean_adoption",
     "mean_adoption_base", "n_significant", "significant_biases", "is_demo", "dataset_sha256",
+    # additions (issue 6), after the stable columns: controls and re-drawn targets (docs/controls.md)
+    *LEADERBOARD_CONTROL_COLUMNS,
 )
 
 
@@ -77,8 +87,10 @@ def _p(x: Any) -> str:
 
 
 def _main(summary: "pd.DataFrame") -> "pd.DataFrame":
-    """The default draw only (re-drawn targets are reported in the CSV)."""
-    return summary[summary["draw"] == 0]
+    """The default draw and the wrong-letter target mode (controls have their own sections)."""
+    from biasmed.analysis import main_rows
+
+    return main_rows(summary)
 
 
 # --------------------------------------------------------------------------- console
@@ -116,6 +128,7 @@ def rich_tables(summary: "pd.DataFrame") -> list[Any]:
         t.caption = ("Δ = accuracy − unbiased accuracy (no mitigation), same questions; * significant drop "
                      "(exact McNemar, Holm). CIs: report.md / summary.csv")
         tables.append(t)
+        tables.extend(control_tables(summary, str(model)))
     return tables
 
 
@@ -186,6 +199,7 @@ def report_markdown(summary: "pd.DataFrame", plots: Sequence[str] = ()) -> str:
                     "| bias | mitigation | recovery [95% CI] |", "|---|---|---|"]
             for _, r in rec.iterrows():
                 out.append(f"| {r['bias']} | {r['mitigation']} | {_ci(r, 'recovery', 'recovery_lo', 'recovery_hi')} |")
+        out += control_markdown(summary, str(model))
         out.append("")
     if len(summary[summary["draw"] > 0]):
         out += ["Re-drawn targets (draw > 0) are in summary.csv.", ""]
@@ -236,6 +250,7 @@ def leaderboard(summary: "pd.DataFrame") -> "pd.DataFrame":
                        mean_adoption=np.nan, mean_adoption_base=np.nan, n_significant=0, significant_biases="")
         row["is_demo"] = bool(m["is_demo"].any())
         row["dataset_sha256"] = ",".join(sorted({s for v in m["dataset_sha256"] for s in str(v).split(",") if s}))
+        row.update(leaderboard_controls(summary, str(model), str(mit), core))
         rows.append(row)
     lb = pd.DataFrame(rows)
     if lb.empty:
@@ -277,6 +292,7 @@ def leaderboard_markdown(lb: "pd.DataFrame") -> str:
                   f"{r['n_significant']}/{r['n_biases']}"]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
+    out += leaderboard_controls_markdown(lb)
     return "\n".join(out)
 
 
@@ -306,4 +322,8 @@ def write_report(summary: "pd.DataFrame", out_dir: str | os.PathLike[str], plots
         pngs = write_plots(summary, out)
     md = out / "report.md"
     write_text_atomic(md, report_markdown(summary, [str(p) for p in pngs]))
-    return written + [md] + pngs
+    written.append(md)
+    controls = model_controls_frame(summary)
+    if len(controls):
+        written.append(write_csv(controls, out / "controls.csv"))
+    return written + pngs

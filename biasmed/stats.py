@@ -201,7 +201,8 @@ def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator, al
         boot = np.concatenate([rng.multinomial(n, p, size=min(chunk, n_boot - s)) @ uniq / n
                                for s in range(0, n_boot, chunk)])
         lo, hi = (float(x) for x in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
-    return MeanCI(n, float(v.mean()), lo, hi)
+    # rounded: a mean of k/7-type values should not print as -0.000
+    return MeanCI(n, float(np.round(v.mean(), 12)), lo, hi)
 
 
 @dataclass(frozen=True)

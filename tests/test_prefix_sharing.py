@@ -29,6 +29,16 @@ from biasmed.models.prefix import (  # noqa: E402
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a shared 2-core machine, two OpenMP threads fighting other processes
+    run these small models 4-8x slower than one (measured); restored after the module."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
 def byte_tokenizer():
     """A byte-level BPE tokenizer with no merges (nothing to train or download) and a chat
     template: 256 byte tokens + <pad>, <s>, </s>."""

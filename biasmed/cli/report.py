@@ -66,7 +66,7 @@ def leaderboard_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="file to write (default: print)")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="csv or md (default: from --out's suffix, else csv)")] = None,
     convention: Annotated[str, typer.Option("--convention", help=_CONVENTION_HELP)] = "robust",
-    n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples (the leaderboard shows no CIs)")] = 0,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="bootstrap resamples for the CIs of the control columns (placebo, helpful gain, susceptibility, draws)")] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     medqa: Annotated[Optional[str], typer.Option("--medqa", help="MedQA file or folder for the option-text rules")] = None,
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="combine runs built from different datasets")] = False,
@@ -80,8 +80,9 @@ def leaderboard_cmd(
     if fmt not in ("csv", "md"):
         fail(f"--format must be csv or md, not {fmt!r}")
     with user_errors():
-        summary = summarize(runs, convention=convention, n_boot=n_boot, seed=seed, medqa=medqa,
-                            allow_mixed=allow_mixed)
+        # per-condition CIs are not shown here: only the model-level control figures are resampled
+        summary = summarize(runs, convention=convention, n_boot=0, seed=seed, medqa=medqa,
+                            allow_mixed=allow_mixed, controls_boot=n_boot)
         lb = leaderboard(summary)
         text = write_leaderboard(lb, out, fmt)
     if out is None:

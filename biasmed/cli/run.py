@@ -219,6 +219,7 @@ def run_cmd(
     device: Annotated[Optional[str], typer.Option(help="local models: cpu, cuda, cuda:1, mps")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="local models: bfloat16, float16, float32")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="local models: prompts per forward pass")] = None,
+    model_option: Annotated[Optional[list[str]], typer.Option("--model-option", help="provider option KEY=VALUE (repeatable), e.g. chat_template=false, prefix_sharing=false, packed=false, threads=2")] = None,
 ) -> None:
     """Put the prompts to a model; write <out>/samples.jsonl and run.json (help text: _HELP)."""
     from biasmed.models.base import MODES
@@ -260,6 +261,11 @@ def run_cmd(
     for k, v in (("base_url", base_url), ("device", device), ("dtype", dtype), ("batch_size", batch_size)):
         if v is not None:
             run_opts[k] = v
+    for opt in model_option or []:
+        key, eq, value = opt.partition("=")
+        if not eq or not key.strip():
+            fail(f"--model-option {opt!r}: expected KEY=VALUE")
+        run_opts[key.strip().replace("-", "_")] = value.strip()
     with user_errors():
         from biasmed.models.registry import resolve_model
 

@@ -219,7 +219,14 @@ def forward_segments(model: Any, segments: Sequence[Sequence[int]], kv: KV | Non
     keep, pick = _keep_positions(model, last)
     out = call(model, ids.to(device), mask.to(device), positions.to(device), past, need_kv, **keep)
     logits = out.logits  # (n, kept, vocab)
-    logits = logits[torch.arange(n), pick.to(logits.device)].float()
+    if pick is None:  # per-row positions were asked for: check the model understood them
+        if logits.shape[:2] == (n, 1):
+            logits = logits[:, 0].float()
+        else:  # it read the (n, 1) tensor some other way: never again for this model
+            _set_attr(model, "_biasmed_rowwise_keep", False)
+            return forward_segments(model, segments, kv, past_len, need_kv)
+    else:
+        logits = logits[torch.arange(n), pick.to(logits.device)].float()
     new_kv = kv_pairs(out_cache(out)) if need_kv else None
     return logits, new_kv
 
@@ -268,7 +275,8 @@ def logits_arg(model: Any) -> str | None:
 
 def _keep_positions(model: Any, last: Any) -> tuple[dict[str, Any], Any]:
     """Ask for logits only at the rows' last positions (the vocabulary projection is the single
-    biggest matrix of a small model); `pick[i]` is where row i's last position lands."""
+    biggest matrix of a small model). Returns the argument and `pick`: where row i's last
+    position lands in the kept logits, or None for "one per row, in order"."""
     import torch
 
     arg = logits_arg(model)
@@ -278,8 +286,27 @@ def _keep_positions(model: Any, last: Any) -> tuple[dict[str, Any], Any]:
         return {arg: 1}, torch.zeros_like(last)
     if "Tensor" not in str(_forward_params(model)[arg].annotation):  # ints only: keep them all
         return {}, last
-    uniq, pick = torch.unique(last, sorted=True, return_inverse=True)
+    if _rowwise_keep(model):  # transformers >= 5: a (batch, 1) tensor keeps one position per row
+        return {arg: last[:, None].to(model.device)}, None
+    uniq, pick = torch.unique(last, sorted=True, return_inverse=True)  # every row gets them all
     return {arg: uniq.to(model.device)}, pick
+
+
+def _rowwise_keep(model: Any) -> bool:
+    ok = getattr(model, "_biasmed_rowwise_keep", None)
+    if ok is None:
+        import transformers.modeling_utils as mu
+
+        ok = hasattr(mu, "slice_logits_to_keep")  # the helper that reads 2-D position tensors
+        _set_attr(model, "_biasmed_rowwise_keep", ok)
+    return bool(ok)
+
+
+def _set_attr(model: Any, name: str, value: Any) -> None:
+    try:
+        setattr(model, name, value)
+    except AttributeError:
+        pass
 
 
 # --- KV cache plumbing (transformers' Cache classes changed across versions) ------------------

@@ -1,7 +1,11 @@
 """`replay:<results dir>`: answers read back from an earlier or imported run (e.g. the paper's logs).
 
-A prompt is matched by its sample_id first, then by the sha256 of its text; a prompt with no match
-becomes a sample with `error` "replay: no answer ...". Nothing is cached (the source IS the record).
+A prompt is matched by the sha256 of its text first. A sample_id match is accepted only when the
+recorded sample asked the same thing: same planted letter, correct letter and template version
+(the paper's 2023 logs carry some questions with raw JSON escapes, so their text hash differs
+although the question is the same). Any other prompt becomes a sample with `error`
+"replay: no answer ...": an answer to a prompt with another planted letter is never returned.
+Nothing is cached (the source IS the record).
 Re-running the replayed replies through biasmed's scoring makes imported runs comparable.
 """
 
@@ -49,7 +53,7 @@ class ReplayModel:
         assert self._by_id is not None
         out = []
         for p in prompts:
-            s = self._by_id.get(p.sample_id) or self._by_sha.get(p.sha256)
+            s = self._by_sha.get(p.sha256) or _same_question(self._by_id.get(p.sample_id), p)
             if s is None:
                 out.append(Answer(error=f"replay: no answer for {p.sample_id} in {self.run_dir}"))
                 continue
@@ -60,6 +64,14 @@ class ReplayModel:
 
     async def aclose(self) -> None:
         return None
+
+
+def _same_question(s: dict[str, Any] | None, p: Prompt) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    same = (s.get("bias_target") == p.item.target and s.get("answer_idx") == p.item.question.answer_idx
+            and s.get("template_version") == p.item.template_version)
+    return s if same else None
 
 
 def make_replay(rest: str, **options: Any) -> ReplayModel:

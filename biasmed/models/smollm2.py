@@ -46,10 +46,14 @@ def find_gguf() -> Path:
 
 
 def cache_dir() -> Path:
-    """Where the converted checkpoint lives: `$BIASMED_CACHE_DIR/models/...` or `~/.cache/biasmed/models/...`."""
-    root = os.environ.get("BIASMED_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "biasmed"
-    return base / "models" / MODEL_DIRNAME
+    """Where the converted checkpoint lives: `$BIASMED_MODELS_DIR/<name>` if set, else
+    `models/<name>` in biasmed's cache folder (`$BIASMED_CACHE_DIR`, or ~/.cache/biasmed)."""
+    models = os.environ.get("BIASMED_MODELS_DIR")
+    if models:
+        return Path(models).expanduser() / MODEL_DIRNAME
+    from biasmed.cache import default_cache_path
+
+    return default_cache_path().parent / "models" / MODEL_DIRNAME
 
 
 def is_converted(folder: Path) -> bool:

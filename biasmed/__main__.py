@@ -1,0 +1,5 @@
+"""`python -m biasmed` runs the CLI."""
+
+from biasmed.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""`python -m biasmed.cli` runs the CLI too."""
+
+from biasmed.cli import main
+
+main()
