@@ -3,7 +3,8 @@
 (a) one condition: the first N unbiased MedQA test prompts (default 200);
 (b) all 8 bias conditions of the first Q questions (default 100 -> 800 prompts), where prefix
     sharing runs each question's shared prefix once;
-(c) dtype: the plain loop in float32 vs bfloat16 on (a)'s prompts (speed, answer agreement).
+(c) dtype: float32 vs bfloat16 on (a)'s prompts, for the plain loop and for biasmed (speed,
+    log-prob differences, argmax agreement).
 
 The plain loops do one forward pass per prompt (batch 1, no padding, tokenization excluded from
 their time), in the same process and dtype:
@@ -174,14 +175,24 @@ def main() -> None:
     if "c" in parts:
         prompts = _prompts(medqa, args.n_single, "none")
         seqs = [encode_prompt(st.tokenizer, st.use_template, p, "system") for p in prompts]
-        res = {}
+        plain_res, ours_res = {}, {}
         for dt in ("float32", "bfloat16"):
             m = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dt)).eval()
-            res[dt] = plain_loop(m, st.tokenizer, prompts, seqs, keep1=False)
+            plain_res[dt] = plain_loop(m, st.tokenizer, prompts, seqs, keep1=False)
             del m
-        report["c_dtype"] = {"plain_float32_items_s": res["float32"][0], "plain_bfloat16_items_s": res["bfloat16"][0],
-                             "bf16_speedup": res["bfloat16"][0] / res["float32"][0],
-                             "bf16_vs_fp32": _compare(res["bfloat16"][1], res["float32"][1])}
+            other = adapter if dt == st.dtype else resolve_model("smollm2", **{**opts, "dtype": dt})
+            ours_res[dt] = biasmed_run(other, prompts)
+        report["c_dtype"] = {
+            "plain_default_float32_items_s": plain_res["float32"][0],
+            "plain_default_bfloat16_items_s": plain_res["bfloat16"][0],
+            "plain_default_bf16_speedup": plain_res["bfloat16"][0] / plain_res["float32"][0],
+            "plain_default_bf16_vs_fp32": _compare(plain_res["bfloat16"][1], plain_res["float32"][1]),
+            "biasmed_float32_items_s": ours_res["float32"][0],
+            "biasmed_bfloat16_items_s": ours_res["bfloat16"][0],
+            "biasmed_bf16_speedup": ours_res["bfloat16"][0] / ours_res["float32"][0],
+            "biasmed_bf16_vs_fp32": _compare(ours_res["bfloat16"][1], ours_res["float32"][1]),
+            "biasmed_fp32_vs_plain_fp32": _compare(ours_res["float32"][1], plain_res["float32"][1]),
+        }
         print("(c)", json.dumps(report["c_dtype"], indent=1), flush=True)
     report["loadavg_end"] = os.getloadavg()
     report["busy_at_end"] = _busy()

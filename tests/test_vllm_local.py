@@ -40,6 +40,13 @@ def _prompts():
     return build_benchmark(load_demo("test"), limit=2).prompts()
 
 
+def _too_long(prompt):
+    """Longer than the 2048-token context (the byte tokenizer: one token per byte)."""
+    import dataclasses
+
+    return dataclasses.replace(prompt, text=prompt.text * 3)
+
+
 def run_vllm(model_dir: str, roles: tuple[str, ...] = ("system", "user")) -> dict[str, Any]:
     """What the vLLM adapter answers (plain data, for JSON)."""
     from biasmed.models.base import GenParams
@@ -57,6 +64,8 @@ def run_vllm(model_dir: str, roles: tuple[str, ...] = ("system", "user")) -> dic
             out[f"logprob_{role}"] = [[a.logprobs, a.text, a.usage, a.error] for a in lp]
         gen = await model.answer(prompts[:4], GenParams(mode="generate", max_tokens=MAX_TOKENS))
         out["generate"] = [[a.text, a.usage, a.finish_reason] for a in gen]
+        long = await model.answer([_too_long(prompts[0])], GenParams(mode="logprob"))
+        out["too_long"] = [long[0].error, long[0].usage]
         out["identity"] = model.cache_identity()
         out["seconds"] = time.perf_counter() - t0
         await model.aclose()
@@ -121,6 +130,8 @@ def hf_reference(tiny_dir: Path) -> dict[str, Any]:
         out[f"logprob_{role}"] = [[a.logprobs, a.text, a.usage, a.error] for a in lp]
     gen = asyncio.run(model.answer(prompts[:4], GenParams(mode="generate", max_tokens=MAX_TOKENS)))
     out["generate"] = [[a.text, a.usage, a.finish_reason] for a in gen]
+    long = asyncio.run(model.answer([_too_long(prompts[0])], GenParams(mode="logprob")))
+    out["too_long"] = [long[0].error, long[0].usage]
     return out
 
 
@@ -157,6 +168,12 @@ def test_vllm_logprobs_match_transformers(vllm_result, hf_reference, role):
 def test_vllm_generate_matches_transformers(vllm_result, hf_reference):
     assert vllm_result["generate"] == hf_reference["generate"]
     assert all(u["output_tokens"] > 0 for _, u, _ in vllm_result["generate"])
+
+
+def test_vllm_too_long_prompt_is_a_sample_error(vllm_result, hf_reference):
+    error, usage = vllm_result["too_long"]
+    assert error and error.startswith("context too long") and usage["input_tokens"] > 2048
+    assert vllm_result["too_long"][1] == hf_reference["too_long"][1]
 
 
 def test_vllm_identity(vllm_result, tiny_dir):

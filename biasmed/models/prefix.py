@@ -102,7 +102,9 @@ def _prune(nodes: list[Node], min_saved: int) -> list[Node]:
     """Dissolve internal nodes whose sharing saves too little: their tokens move into children."""
     out: list[Node] = []
     for node in nodes:
-        if node.children and (node.n_seqs() - 1) * len(node.tokens) < min_saved:
+        # dissolving moves the segment into each branch (child, or the sequences ending here)
+        branches = len(node.children) + (1 if node.ends else 0)
+        if node.children and (branches - 1) * len(node.tokens) < min_saved:
             # pass the segment down: each child (and each sequence ending here) now starts earlier
             moved = [Node(node.start, node.tokens + c.tokens, c.ends, c.children) for c in node.children]
             if node.ends:
@@ -261,13 +263,19 @@ def call(model: Any, ids: Any, mask: Any, positions: Any, cache: Any, use_cache:
 
 
 def out_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else getattr(out, "past_key_values", None)
+    for name in ("cache", "past_key_values", "rnn_state"):  # rnn_state: SpikeGPT's recurrent state
+        cache = getattr(out, name, None)
+        if cache is not None:
+            return cache
+    return None
 
 
 def cache_arg(model: Any) -> str:
-    """`cache` since transformers 5.2x, `past_key_values` before."""
-    return "cache" if "cache" in _forward_params(model) else "past_key_values"
+    """`cache` since transformers 5.2x, `past_key_values` before; `rnn_state` for SpikeGPT."""
+    params = _forward_params(model)
+    if "cache" in params:
+        return "cache"
+    return "rnn_state" if "rnn_state" in params and "past_key_values" not in params else "past_key_values"
 
 
 def _forward_params(model: Any) -> dict[str, Any]:

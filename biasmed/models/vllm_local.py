@@ -112,8 +112,11 @@ class VLLMModel:
             raise FatalRunError(f"{self.spec}: vLLM could not load {self.source}: {first}") from None
         tok = llm.get_tokenizer()
         use_template = self.chat_template == "auto" and has_chat_template(tok)
-        max_len = getattr(getattr(llm, "llm_engine", None), "model_config", None)
-        max_len = getattr(max_len, "max_model_len", None)
+        max_len = None
+        for holder in (llm, getattr(llm, "llm_engine", None)):  # where vLLM keeps it moved over versions
+            max_len = getattr(getattr(holder, "model_config", None), "max_model_len", None)
+            if max_len:
+                break
         return _Engine(llm, tok, use_template, token_ids_field, max_len, LetterIds(tok))
 
     async def answer(self, prompts: Sequence[Prompt], params: GenParams) -> list[Answer]:
