@@ -141,7 +141,13 @@ def test_smollm2_logprob_scores_letters(smollm2, prompts, scored):
 def test_hf_converted_dir_gives_the_same_results(smollm2_dir, prompts, scored):
     hf = resolve_model(f"hf:{smollm2_dir}", batch_size=8)
     b = _answer(hf, prompts[:8], mode="logprob")
-    assert [x.logprobs for x in scored[:8]] == [y.logprobs for y in b]
+    # same weights, same prompts: same answers; log-probs agree to float noise (batch make-up and
+    # thread scheduling may differ between the two adapters' calls)
+    assert [x.text for x in scored[:8]] == [y.text for y in b]
+    for x, y in zip(scored[:8], b):
+        assert x.logprobs.keys() == y.logprobs.keys()
+        for letter in x.logprobs:
+            assert abs(x.logprobs[letter] - y.logprobs[letter]) < 1e-4
     assert hf.cache_identity()["weights"] == "gguf-sha256:" + s2.read_stamp(smollm2_dir)["gguf_sha256"]
 
 
