@@ -219,7 +219,7 @@ def load_medqa(
 
 def load_demo(split: str = "test") -> QuestionSet:
     """biasmed's embedded demo set: original vignettes for offline smoke runs, NOT the benchmark."""
-    file = demo_dir() / f"{split}.jsonl"
+    file = demo_dir() / f"demo-{split}.jsonl"
     data = file.read_bytes()
     qs = parse_jsonl(data, str(file), split)
     return QuestionSet(qs, "demo", hashlib.sha256(data).hexdigest(), split, 5, is_demo=True)

@@ -155,7 +155,7 @@ def _demo_ready() -> bool:
     from biasmed._paths import demo_dir
 
     d = demo_dir()
-    return (d / "test.jsonl").is_file() and (d / "dev.jsonl").is_file()
+    return (d / "demo-test.jsonl").is_file() and (d / "demo-dev.jsonl").is_file()
 
 
 def test_demo_set_is_the_default_and_says_so(tmp_path: Path, run_cli) -> None:

@@ -28,7 +28,7 @@ def _sentences(text: str) -> list[str]:
 
 
 def _raw(split: str) -> bytes:
-    return (DEMO / f"{split}.jsonl").read_bytes()
+    return (DEMO / f"demo-{split}.jsonl").read_bytes()
 
 
 def _records(split: str) -> list[dict]:
@@ -49,8 +49,8 @@ def test_file_is_clean_utf8_jsonl(split: str) -> None:
     text = data.decode("utf-8")
     assert text.isascii(), "plain ASCII keeps prompts identical across tokenizers and terminals"
     for n, line in enumerate(text.split("\n")[:-1], 1):
-        assert line.strip(), f"{split}.jsonl line {n} is empty"
-        assert line == line.rstrip(), f"{split}.jsonl line {n} has trailing whitespace"
+        assert line.strip(), f"demo-{split}.jsonl line {n} is empty"
+        assert line == line.rstrip(), f"demo-{split}.jsonl line {n} has trailing whitespace"
         json.loads(line)
 
 
