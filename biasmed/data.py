@@ -213,7 +213,7 @@ def load_medqa(
     qs = parse_jsonl(data, str(file), _split_of(file, split))
     _check_same_option_count(qs, str(file))
     # absolute, so a report run from another folder can find the options again
-    return QuestionSet(qs, str(file.resolve()), hashlib.sha256(data).hexdigest(), _split_of(file, split),
+    return QuestionSet(qs, os.path.abspath(file), hashlib.sha256(data).hexdigest(), _split_of(file, split),
                        len(qs[0].options))
 
 
