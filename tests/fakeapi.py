@@ -158,6 +158,15 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # the listen backlog: 32+ clients connect at once
 
+    def handle_error(self, request, client_address) -> None:  # type: ignore[override]
+        # a client that hangs up (a run stopping on a fatal error closes its other connections)
+        # is normal here; anything else is still printed
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
