@@ -5,7 +5,7 @@ latency (default 200 ms). At concurrency 32 the ideal is 32 / 0.2 s = 160 reques
 for the runner is >= 85% of it (136 req/s). Measured, in the same process, one after the other:
 
 1. `bare`: asyncio + AsyncOpenAI + a semaphore, `chat.completions.create` (the SDK's parsed models);
-2. `runner`: biasmed.runner.Runner with the `openai:` adapter, writing samples.jsonl and the
+2. `runner`: biasmed.run.runner.Runner with the `openai:` adapter, writing samples.jsonl and the
    SQLite response cache (both fresh), exactly what `biasmed run` does after start-up;
 3. `cli` (with --cli): `biasmed run` end to end in a subprocess (start-up included in its wall
    time; the in-run rate is read from run.json).
@@ -48,8 +48,8 @@ def medqa_source() -> str | None:
 
 
 def load_prompts(n: int) -> tuple[list, str, list[str]]:
-    from biasmed.build import build_benchmark
-    from biasmed.session import load_sources
+    from biasmed.dataset.build import build_benchmark
+    from biasmed.dataset.sources import load_sources
 
     src = medqa_source()
     if src:
@@ -83,10 +83,10 @@ async def bare_loop(url: str, texts: list[str], conc: int) -> float:
 
 
 def runner_run(url: str, prompts: list, conc: int, tmp: Path) -> tuple[float, dict]:
-    from biasmed.cache import ResponseCache
+    from biasmed.run.cache import ResponseCache
     from biasmed.models import GenParams, resolve_model
     from biasmed.results import SamplesWriter
-    from biasmed.runner import RunConfig, Runner
+    from biasmed.run.runner import RunConfig, Runner
 
     os.environ["OPENAI_API_KEY"] = "sk-bench"
     model = resolve_model("openai:gpt-bench", base_url=url + "/v1", concurrency=conc)

@@ -43,8 +43,8 @@ def machine() -> str:
 
 
 def one_run(medqa: str, write: bool) -> dict[str, float]:
-    from biasmed.build import build_benchmark, write_benchmark
-    from biasmed.data import load_medqa
+    from biasmed.dataset.build import build_benchmark, write_benchmark
+    from biasmed.dataset.medqa import load_medqa
 
     t0 = time.perf_counter()
     c0 = time.process_time()

@@ -14,9 +14,10 @@ their time), in the same process and dtype:
                  `logits_to_keep=1` -- the strongest simple loop, and the reference that prefix
                  sharing must reproduce (letter log-probs within 1e-3).
 biasmed's time includes tokenization, the chat template and the asyncio/thread hand-off, with
-prompts passed in runner-sized chunks (256, question-major).
+prompts passed in runner-sized chunks (256, question-major). The contenders take turns chunk by
+chunk, so on a shared machine they all see the same load.
 
-    python benchmarks/local_logprob.py --parts a,b,c --threads 1 --out benchmarks/local_results.json
+    python benchmarks/local_logprob.py --parts a,b,c --threads 1 --out /tmp/local_results.json
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def _busy() -> list[str]:
 
 
 def _prompts(medqa: Path, limit: int, biases: str | None):
-    from biasmed.build import build_benchmark
-    from biasmed.data import load_medqa
+    from biasmed.dataset.build import build_benchmark
+    from biasmed.dataset.medqa import load_medqa
 
     return build_benchmark(load_medqa(medqa, "test", 5), biases=biases, limit=limit).prompts()
 
@@ -82,34 +83,44 @@ def _letters_lp(lsm, tokenizer, letters, cache: dict) -> dict[str, float]:
 
 
 def plain_loop(model, tokenizer, prompts, seqs, keep1: bool) -> tuple[float, list[dict[str, float]]]:
-    """One forward per prompt; returns (items/s, letter log-probs)."""
+    """One forward per prompt; returns (seconds, letter log-probs)."""
     import torch
 
     cache: dict = {}
     out = []
+    kw = {"logits_to_keep": 1} if keep1 else {}
     with torch.inference_mode():
-        model(torch.tensor([seqs[0]]), **({"logits_to_keep": 1} if keep1 else {}))  # warm-up
         t0 = time.perf_counter()
         for p, s in zip(prompts, seqs):
-            logits = model(torch.tensor([s]), **({"logits_to_keep": 1} if keep1 else {})).logits[0, -1]
+            logits = model(torch.tensor([s]), **kw).logits[0, -1]
             out.append(_letters_lp(torch.log_softmax(logits.float(), -1), tokenizer, p.item.question.letters, cache))
         dt = time.perf_counter() - t0
-    return len(prompts) / dt, out
+    return dt, out
 
 
-def biasmed_run(adapter, prompts, chunk: int = 256) -> tuple[float, list[dict[str, float]]]:
+def biasmed_run(adapter, prompts) -> tuple[float, list[dict[str, float]]]:
+    """One runner-sized chunk through the adapter; returns (seconds, letter log-probs)."""
     from biasmed.models.base import GenParams
 
     async def main():
-        await adapter.answer(prompts[:2], GenParams(mode="logprob"))  # warm-up
         t0 = time.perf_counter()
-        answers = []
-        for i in range(0, len(prompts), chunk):
-            answers += await adapter.answer(prompts[i:i + chunk], GenParams(mode="logprob"))
+        answers = await adapter.answer(prompts, GenParams(mode="logprob"))
         return time.perf_counter() - t0, answers
 
     dt, answers = asyncio.run(main())
-    return len(prompts) / dt, [a.logprobs for a in answers]
+    return dt, [a.logprobs for a in answers]
+
+
+def interleaved(runners: dict[str, Any], prompts, chunk: int = 256) -> dict[str, tuple[float, list]]:
+    """Each runner on each chunk in turn (the machine is shared: every contender sees the same
+    load over time, instead of whoever runs last getting the quiet minutes)."""
+    total = {name: [0.0, []] for name in runners}
+    for i in range(0, len(prompts), chunk):
+        for name, run in runners.items():
+            dt, lps = run(i, i + chunk)
+            total[name][0] += dt
+            total[name][1] += lps
+    return {name: (len(prompts) / t, lps) for name, (t, lps) in total.items()}
 
 
 def _compare(a: list[dict[str, float]], b: list[dict[str, float]]) -> dict[str, Any]:
@@ -158,9 +169,15 @@ def main() -> None:
     def measure(name: str, prompts) -> dict[str, Any]:
         seqs = [encode_prompt(st.tokenizer, st.use_template, p, "system") for p in prompts]
         r: dict[str, Any] = {"prompts": len(prompts), "tokens": sum(map(len, seqs))}
-        ours, ours_lp = biasmed_run(adapter, prompts)
-        keep1, keep1_lp = plain_loop(st.model, st.tokenizer, prompts, seqs, keep1=True)
-        default, default_lp = plain_loop(plain, st.tokenizer, prompts, seqs, keep1=False)
+        biasmed_run(adapter, prompts[:2])  # warm-up, all three
+        plain_loop(st.model, st.tokenizer, prompts[:1], seqs[:1], keep1=True)
+        plain_loop(plain, st.tokenizer, prompts[:1], seqs[:1], keep1=False)
+        got = interleaved({
+            "biasmed": lambda i, j: biasmed_run(adapter, prompts[i:j]),
+            "keep1": lambda i, j: plain_loop(st.model, st.tokenizer, prompts[i:j], seqs[i:j], keep1=True),
+            "default": lambda i, j: plain_loop(plain, st.tokenizer, prompts[i:j], seqs[i:j], keep1=False),
+        }, prompts)
+        (ours, ours_lp), (keep1, keep1_lp), (default, default_lp) = got["biasmed"], got["keep1"], got["default"]
         floor = max(keep1, default)
         r.update({"biasmed_items_s": ours, "plain_keep1_items_s": keep1, "plain_default_items_s": default,
                   "speedup_vs_best_plain": ours / floor,
@@ -178,10 +195,12 @@ def main() -> None:
         plain_res, ours_res = {}, {}
         for dt in ("float32", "bfloat16"):
             m = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dt)).eval()
-            plain_res[dt] = plain_loop(m, st.tokenizer, prompts, seqs, keep1=False)
-            del m
             other = adapter if dt == st.dtype else resolve_model("smollm2", **{**opts, "dtype": dt})
-            ours_res[dt] = biasmed_run(other, prompts)
+            biasmed_run(other, prompts[:2])
+            got = interleaved({"plain": lambda i, j: plain_loop(m, st.tokenizer, prompts[i:j], seqs[i:j], False),
+                               "biasmed": lambda i, j: biasmed_run(other, prompts[i:j])}, prompts, chunk=50)
+            plain_res[dt], ours_res[dt] = got["plain"], got["biasmed"]
+            del m
         report["c_dtype"] = {
             "plain_default_float32_items_s": plain_res["float32"][0],
             "plain_default_bfloat16_items_s": plain_res["bfloat16"][0],

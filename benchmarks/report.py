@@ -35,7 +35,7 @@ def _questions(medqa: str | None) -> tuple[list[tuple[str, dict[str, str], str]]
     shared = Path(os.environ.get("BIASMED_SHARED", REPO.parent / "shared"))
     path = Path(medqa) if medqa else shared / "data" / "medqa" / "US" / "test.jsonl"
     if path.exists():
-        from biasmed.data import load_medqa
+        from biasmed.dataset.medqa import load_medqa
 
         qs = load_medqa(path, "test", 5)
         return [(q.id, q.options, q.answer_idx) for q in qs.questions[:N_QUESTIONS]], qs.manifest()
@@ -116,8 +116,8 @@ def _cli_seconds(run_dir: Path, out: Path, n_boot: int) -> tuple[float, float]:
 
 def _phases(run_dir: Path, out: Path, n_boot: int) -> dict[str, tuple[float, float]]:
     """(wall, cpu) seconds of each phase, in this process."""
-    from biasmed.analysis import load_run, prepare, summarize
-    from biasmed.report import write_report
+    from biasmed.analysis.summary import load_run, prepare, summarize
+    from biasmed.report.tables import write_report
 
     t: dict[str, tuple[float, float]] = {}
 

@@ -11,13 +11,13 @@ Public API (see README, "Library"):
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from biasmed._version import __version__
 
-from biasmed.analysis import load_run, summarize
-from biasmed.biases import choose_target, load_templates, make_item, make_items
-from biasmed.build import Benchmark, build_benchmark, write_benchmark
-from biasmed.data import DataError, QuestionSet, load_demo, load_hub, load_medqa, load_questions
-from biasmed.prompts import Renderer
+from biasmed.analysis.summary import load_run, summarize
+from biasmed.dataset.biases import choose_target, load_templates, make_item, make_items
+from biasmed.dataset.build import Benchmark, build_benchmark, write_benchmark
+from biasmed.dataset.medqa import DataError, QuestionSet, load_demo, load_hub, load_medqa, load_questions
+from biasmed.dataset.prompts import Renderer
 from biasmed.records import BIASES, MITIGATIONS, Item, Prompt, Question, Sample
 
 __all__ = [

@@ -33,3 +33,22 @@ def shared_dir() -> Path:
     """The read-only `shared/` folder beside the repository (`BIASMED_SHARED` overrides)."""
     env = os.environ.get("BIASMED_SHARED")
     return Path(env) if env else _REPO.parent / "shared"
+
+
+CACHE_ENV = "BIASMED_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """biasmed's cache folder: `$BIASMED_CACHE_DIR`, else the user cache dir (XDG on Linux)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env)
+    if os.environ.get("XDG_CACHE_HOME"):
+        base = Path(os.environ["XDG_CACHE_HOME"])
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    elif sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        base = Path.home() / ".cache"
+    return base / "biasmed"

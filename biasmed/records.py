@@ -1,12 +1,15 @@
-"""Plain records that flow through biasmed: Question -> Item -> Prompt -> Sample.
+"""Plain records that flow through biasmed: Question -> Item -> Prompt -> Answer -> Sample.
 
-Each is a frozen dataclass that serializes to one JSON object (one line of a JSONL file).
+Each is a dataclass that serializes to one JSON object (one line of a JSONL file). They are the
+shared vocabulary of every stage (dataset, models, run, analysis, report), so this module imports
+nothing of biasmed's.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
 
 BIASES: tuple[str, ...] = (
@@ -96,13 +99,92 @@ class Prompt:
     def sha256(self) -> str:
         return sha256_text(self.text)
 
+    @property
+    def choices(self) -> tuple[str, ...]:
+        """The option letters the model chooses among (what a model adapter may read)."""
+        return self.item.question.letters
+
+    @property
+    def question_id(self) -> str:
+        return self.item.question.id
+
     def messages(self, role: str | None = None) -> list[dict[str, str]]:
         return [{"role": role or self.role, "content": self.text}]
 
 
+MODES: tuple[str, ...] = ("generate", "logprob")
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Generation parameters: part of every cache key and of a run folder's identity."""
+
+    mode: str = "generate"  # "generate": the model writes a reply; "logprob": letter log-probs
+    max_tokens: int = 16
+    temperature: float = 0.0
+    top_p: float | None = None
+    seed: int | None = None
+    role: str = "system"  # the paper's one system message; "user" is the alternative
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ErrorKind(str, Enum):
+    """Why one sample has no usable answer; shared by API and local adapters (and the runner)."""
+
+    CONTEXT_LENGTH = "context_length"  # the prompt does not fit the model's context
+    BAD_REQUEST = "bad_request"  # the server refused this request (400/422)
+    CONTENT_FILTER = "content_filter"  # a provider's safety filter blocked prompt or reply
+    NOT_FOUND = "not_found"  # replay: no answer recorded for this sample
+    FAILED = "failed"  # still failing after every retry (errors.jsonl, not written as a sample)
+    OTHER = "other"
+
+
+@dataclass
+class Answer:
+    """What a model said for one prompt (or why it said nothing: `error` and `error_kind`)."""
+
+    text: str | None = None
+    logprobs: dict[str, float] | None = None  # option letter -> log-prob (logprob mode)
+    usage: dict[str, int] = field(default_factory=dict)  # input_tokens, output_tokens
+    error: str | None = None  # a failure of THIS sample, with the reason
+    error_kind: ErrorKind | None = None
+    finish_reason: str | None = None
+    refusal: str | None = None
+    cached: bool = False
+    latency_s: float | None = None
+
+    @classmethod
+    def failure(cls, kind: ErrorKind, message: str, **kw: Any) -> "Answer":
+        return cls(error=f"{kind.value}: {message}", error_kind=kind, **kw)
+
+    def to_cache(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("cached", None)
+        d.pop("latency_s", None)
+        d["error_kind"] = None if self.error_kind is None else self.error_kind.value
+        return d
+
+    @classmethod
+    def from_cache(cls, d: dict[str, Any]) -> "Answer":
+        known = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in d.items() if k in known}
+        if kw.get("error_kind") is not None:
+            kw["error_kind"] = ErrorKind(kw["error_kind"])
+        return cls(**kw, cached=True)
+
+
+SAMPLE_SCHEMA = 2  # 1: biasmed 0.1.0 (no choices/options/text/error_kind); 2: 0.2.0
+
+
 @dataclass
 class Sample:
-    """One answered prompt: a line of `results/<run>/samples.jsonl`."""
+    """One answered prompt: a line of `results/<run>/samples.jsonl`, the one record every stage
+    after the run reads (the runner and the paper-log importer write it; analysis and reports read
+    it). It carries the choices, so scoring needs nothing else, and the question text as shown, so
+    a report needs no dataset.
+    """
 
     sample_id: str
     question_id: str
@@ -129,11 +211,24 @@ class Sample:
     cached: bool = False
     latency_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # schema 2 (0.2.0): what scoring and reports need, carried by the sample itself
+    choices: list[str] | None = None  # option letters, in order
+    options: dict[str, str] | None = None  # letter -> option text
+    text: str | None = None  # the question as shown to the model (biased where a bias applies)
+    error_kind: str | None = None  # an ErrorKind value
+    schema: int = SAMPLE_SCHEMA
+
+    @property
+    def letters(self) -> str:
+        """The option letters: recorded (schema 2), else A.. by n_options (0.1.0 folders)."""
+        return "".join(self.choices) if self.choices else "ABCDE"[: self.n_options or 5]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Sample":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        known = set(cls.__dataclass_fields__)
+        kw = {k: v for k, v in d.items() if k in known}
+        kw.setdefault("schema", 1)  # a line without `schema` was written by 0.1.0
+        return cls(**kw)

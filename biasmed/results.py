@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from biasmed._version import __version__
+
 SAMPLES = "samples.jsonl"
 RUN_JSON = "run.json"
 
@@ -25,8 +27,6 @@ def now_iso() -> str:
 
 
 def biasmed_version() -> str:
-    from biasmed import __version__
-
     return __version__
 
 

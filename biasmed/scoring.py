@@ -275,12 +275,48 @@ def extract(
     rule: str = "robust",
     options: Mapping[str, str] | None = None,
     n_options: int | None = None,
+    letters: str | None = None,
 ) -> Extraction:
+    """The letter a reply chose under `rule`; `letters` (the choices) when no option texts."""
     if rule == "robust":
-        return extract_robust(response, options, n_options)
+        return extract_robust(response, options, len(letters) if letters and not options else n_options)
     if rule == "paper":
-        return extract_paper(response, _letters(options, n_options))
+        return extract_paper(response, letters or _letters(options, n_options))
     raise ValueError(f"extraction rule must be one of {', '.join(EXTRACTION_RULES)}, not {rule!r}")
+
+
+def score_logprobs(logprobs: Mapping[str, float] | None, answer_idx: str,
+                   letters: str | None = None) -> Scored:
+    """Logprob mode: the most likely letter among the choices is the answer; none is NR."""
+    lps = {k: v for k, v in (logprobs or {}).items() if letters is None or k in letters}
+    if not lps:
+        return Scored(None, "nr", False, True)
+    letter = max(sorted(lps), key=lambda k: lps[k])
+    return Scored(letter, "logprob", letter == answer_idx, False)
+
+
+def verdict(
+    *,
+    mode: str,
+    response: str | None,
+    logprobs: Mapping[str, float] | None,
+    answer_idx: str | None,
+    letters: str,
+    options: Mapping[str, str] | None = None,
+    failed: bool = False,
+    rule: str = "robust",
+) -> Scored:
+    """THE place a model's answer becomes a verdict (letter, rule, correct, NR).
+
+    Used by the runner as it writes each sample (robust rule) and by analysis when it scores
+    samples under a convention (`rule`: "robust" or "paper"). A failed sample (no answer) is NR.
+    """
+    if failed:
+        return Scored(None, "nr", False, True)
+    if mode == "logprob":
+        return score_logprobs(logprobs, answer_idx or "", letters)
+    ex = extract(response, rule, options or None, letters=letters)
+    return Scored(ex.letter, ex.rule, ex.letter is not None and ex.letter == answer_idx, ex.nr)
 
 
 def score(
@@ -290,17 +326,9 @@ def score(
     options: Mapping[str, str] | None = None,
     n_options: int | None = None,
 ) -> Scored:
-    """Extract the letter and compare it with the correct one."""
-    ex = extract(response, rule, options, n_options)
-    return Scored(ex.letter, ex.rule, ex.letter is not None and ex.letter == answer_idx, ex.nr)
-
-
-def score_logprobs(logprobs: Mapping[str, float] | None, answer_idx: str) -> Scored:
-    """Logprob mode: the most likely letter is the answer; no log-probs is NR."""
-    if not logprobs:
-        return Scored(None, "nr", False, True)
-    letter = max(sorted(logprobs), key=lambda k: logprobs[k])
-    return Scored(letter, "logprob", letter == answer_idx, False)
+    """A generate-mode reply's verdict (a convenience over `verdict`)."""
+    return verdict(mode="generate", response=response, logprobs=None, answer_idx=answer_idx,
+                   letters=_letters(options, n_options), options=options, rule=rule)
 
 
 # --------------------------------------------------------------------------- the paper's own counts

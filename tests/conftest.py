@@ -53,14 +53,14 @@ def medqa_dir(shared_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def medqa_test(medqa_dir: Path):
-    from biasmed.data import load_medqa
+    from biasmed.dataset.medqa import load_medqa
 
     return load_medqa(medqa_dir, "test", 5)
 
 
 @pytest.fixture(scope="session")
 def medqa_dev(medqa_dir: Path):
-    from biasmed.data import load_medqa
+    from biasmed.dataset.medqa import load_medqa
 
     return load_medqa(medqa_dir, "dev", 5)
 

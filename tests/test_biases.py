@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from biasmed.biases import choose_target, insert, load_templates, make_item, make_items, split_sentences
+from biasmed.dataset.biases import choose_target, insert, load_templates, make_item, make_items, split_sentences
 from biasmed.records import BIASES, Question
 
 Q = Question(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from biasmed.build import build_benchmark, targets_from_run
-from biasmed.data import QuestionSet
+from biasmed.dataset.build import build_benchmark, targets_from_run
+from biasmed.dataset.medqa import QuestionSet
 from biasmed.records import BIASES
 
 CONDITIONS = ["none", *BIASES]
@@ -161,7 +161,7 @@ def test_format_hf_round_trip(medqa_dir: Path, tmp_path: Path, run_cli) -> None:
         row = ds[i]
         assert row["id"] == recs[i]["id"] and row["prompts"] == recs[i]["prompts"]
         assert row["options"] == recs[i]["options"] and row["bias_target"] == recs[i]["bias_target"]
-    from biasmed.export import read_hf_manifest
+    from biasmed.exports.to_hf import read_hf_manifest
 
     assert read_hf_manifest(tmp_path / "bm_hf")["records"] == 320
 

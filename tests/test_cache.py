@@ -15,7 +15,7 @@ import pytest
 from fakeapi import FakeAPI
 from typer.testing import CliRunner
 
-from biasmed.cache import ResponseCache, cache_key, default_cache_path
+from biasmed.run.cache import ResponseCache, cache_key, default_cache_path
 from biasmed.cli import app
 from biasmed.models import GenParams, resolve_model
 
@@ -79,7 +79,7 @@ def test_default_location(monkeypatch, tmp_path):
 
 _WRITER = textwrap.dedent("""
     import sys, threading
-    from biasmed.cache import ResponseCache
+    from biasmed.run.cache import ResponseCache
     path, tag, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     c = ResponseCache(path)
     def reader():

@@ -17,12 +17,12 @@ import pytest
 from scipy.stats import binomtest
 from typer.testing import CliRunner
 
-from biasmed import stats
-from biasmed.analysis import SUMMARY_COLUMNS, main_rows, summarize
+from biasmed.analysis import stats
+from biasmed.analysis.summary import SUMMARY_COLUMNS, main_rows, summarize
 from biasmed.cli import app
-from biasmed.controls import CONTROL_COLUMNS, MODEL_CONTROL_COLUMNS
-from biasmed.report import LEADERBOARD_COLUMNS, leaderboard, leaderboard_markdown, report_markdown
-from biasmed.report_controls import LEADERBOARD_CONTROL_COLUMNS
+from biasmed.analysis.controls import CONTROL_COLUMNS, MODEL_CONTROL_COLUMNS
+from biasmed.report.tables import LEADERBOARD_COLUMNS, leaderboard, leaderboard_markdown, report_markdown
+from biasmed.report.controls import LEADERBOARD_CONTROL_COLUMNS
 
 N = 20
 LETTERS = "ABCDE"
@@ -268,7 +268,7 @@ def test_leaderboard_and_report_show_each_control(runs: list[Path], tmp_path: Pa
 
 
 def test_controls_figure_shows_the_numbers(runs: list[Path]) -> None:
-    from biasmed.plots import controls_figure
+    from biasmed.report.plots import controls_figure
 
     s = summarize(runs, n_boot=0)
     ax = controls_figure(s, MODEL).axes[0]
@@ -392,7 +392,7 @@ def test_draws_5_on_50_questions(medqa_dir: Path, tmp_path: Path, run_cli, run_c
 def test_run_with_placebo_and_correct_targets_end_to_end(medqa_dir: Path, tmp_path: Path, run_cli, api) -> None:
     """`biasmed run` (official SDK, loopback server) on placebo and correct-target builds; the server
     answers like a model that follows recency's suggestion and ignores everything else."""
-    from biasmed.build import read_benchmark_file
+    from biasmed.dataset.build import read_benchmark_file
 
     main, helpful = tmp_path / "main.jsonl", tmp_path / "helpful.jsonl"
     common = ["build", "--medqa", str(medqa_dir), "--limit", "6"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from biasmed.data import DataError, load_hub, load_medqa, parse_jsonl
+from biasmed.dataset.medqa import DataError, load_hub, load_medqa, parse_jsonl
 
 GOOD = {
     "question": "A 30-year-old woman has a headache. Which of the following is the most likely cause?",

@@ -113,7 +113,7 @@ def test_no_repeated_questions() -> None:
 
 def test_loads_through_biasmed() -> None:
     # The library's own loader must accept the files (it is what `--medqa demo` uses).
-    from biasmed.data import load_demo
+    from biasmed.dataset.medqa import load_demo
 
     for split, n in EXPECTED_COUNTS.items():
         qs = load_demo(split)

@@ -37,8 +37,8 @@ def build_file(tmp_path_factory: pytest.TempPathFactory, run_cli) -> Path:
 
 @pytest.fixture(scope="module")
 def rows(build_file: Path) -> list[dict[str, Any]]:
-    from biasmed._export_common import prompt_row
-    from biasmed.build import read_benchmark_file
+    from biasmed.exports._common import prompt_row
+    from biasmed.dataset.build import read_benchmark_file
 
     out = [prompt_row(p) for p in read_benchmark_file(build_file)]
     assert len(out) == 9 and {r["bias"] for r in out} == {"none", "recency", "confirmation"}
@@ -180,7 +180,7 @@ def test_lmeval_export_matches_run(role: str, runs, server: FakeAPI, build_file:
 
 
 def test_lmeval_utils_hand_over_prompt_verbatim(rows, build_file: Path, tmp_path: Path) -> None:
-    from biasmed.export_lmeval import export_lmeval
+    from biasmed.exports.to_lmeval import export_lmeval
 
     out = export_lmeval(build_file, tmp_path / "t", group="My BiasMedQA")
     spec = importlib.util.spec_from_file_location("exported_utils", out / "utils.py")
@@ -206,7 +206,7 @@ def test_lmeval_plain_text_context_is_the_prompt(role: str, rows, build_file: Pa
     pytest.importorskip("lm_eval", reason="lm-eval not installed (pip install biasmed[exports])")
     from lm_eval.tasks import TaskManager
 
-    from biasmed.export_lmeval import export_lmeval
+    from biasmed.exports.to_lmeval import export_lmeval
 
     out = export_lmeval(build_file, tmp_path / "t", role=role)
     loaded = TaskManager(include_path=str(out), include_defaults=False).load(["biasmedqa"])
@@ -271,7 +271,7 @@ def test_inspect_export_matches_run(runs, server: FakeAPI, tmp_path: Path, run_c
 
 def test_inspect_task_file_filters_and_roles(build_file: Path, tmp_path: Path) -> None:
     pytest.importorskip("inspect_ai", reason="inspect-ai not installed (pip install biasmed[exports])")
-    from biasmed.export_inspect import export_inspect
+    from biasmed.exports.to_inspect import export_inspect
 
     task_file = export_inspect(build_file, tmp_path / "t", role="user")
     spec = importlib.util.spec_from_file_location("exported_task", task_file)

@@ -24,8 +24,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from biasmed.build import build_benchmark  # noqa: E402
-from biasmed.data import load_demo  # noqa: E402
+from biasmed.dataset.build import build_benchmark  # noqa: E402
+from biasmed.dataset.medqa import load_demo  # noqa: E402
 from biasmed.models import smollm2 as s2  # noqa: E402
 from biasmed.models.base import FatalRunError, GenParams  # noqa: E402
 from biasmed.models.hf import encode_prompt, letter_token_ids, make_hf, render_text  # noqa: E402

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from biasmed.biases import load_templates, make_item
-from biasmed.paperlogs import (
+from biasmed.dataset.biases import load_templates, make_item
+from biasmed.run.paperlogs import (
     TILDES, LogFormatError, LogName, normalise_verdict, parse_log_name, parse_log_text, read_paper_logs,
 )
-from biasmed.prompts import Renderer
+from biasmed.dataset.prompts import Renderer
 from biasmed.results import read_run_json, read_samples
 
 # --- file names ---------------------------------------------------------------------------

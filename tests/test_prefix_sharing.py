@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from biasmed.build import build_benchmark  # noqa: E402
-from biasmed.data import load_demo  # noqa: E402
+from biasmed.dataset.build import build_benchmark  # noqa: E402
+from biasmed.dataset.medqa import load_demo  # noqa: E402
 from biasmed.models.base import GenParams  # noqa: E402
 from biasmed.models.hf import LocalCausalLM  # noqa: E402
 from biasmed.models.prefix import (  # noqa: E402

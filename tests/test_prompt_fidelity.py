@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from biasmed.build import build_benchmark
-from biasmed.paperlogs import find_planted, parse_log_name, parse_log_text, parse_options, remove_planted
+from biasmed.dataset.build import build_benchmark
+from biasmed.run.paperlogs import find_planted, parse_log_name, parse_log_text, parse_options, remove_planted
 from biasmed.records import sha256_text
 from biasmed.results import read_samples
 

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from biasmed.biases import load_templates, make_item
-from biasmed.prompts import Renderer, parse_mitigations
+from biasmed.dataset.biases import load_templates, make_item
+from biasmed.dataset.prompts import Renderer, parse_mitigations
 from biasmed.records import BIASES, Question
 
 INSTRUCTION = {

@@ -6,11 +6,11 @@ import asyncio
 import json
 from pathlib import Path
 
-from biasmed.biases import load_templates, make_item
-from biasmed.data import load_demo
+from biasmed.dataset.biases import load_templates, make_item
+from biasmed.dataset.medqa import load_demo
 from biasmed.models.base import GenParams
 from biasmed.models.replay import make_replay
-from biasmed.prompts import Renderer
+from biasmed.dataset.prompts import Renderer
 
 
 def _write_run(folder: Path, records: list[dict]) -> None:

@@ -13,10 +13,10 @@ import pytest
 from scipy.stats import binomtest
 from typer.testing import CliRunner
 
-from biasmed import stats
-from biasmed.analysis import SUMMARY_COLUMNS, load_run, prepare, summarize
+from biasmed.analysis import stats
+from biasmed.analysis.summary import SUMMARY_COLUMNS, load_run, prepare, summarize
 from biasmed.cli import app
-from biasmed.report import LEADERBOARD_COLUMNS, leaderboard, leaderboard_markdown
+from biasmed.report.tables import LEADERBOARD_COLUMNS, leaderboard, leaderboard_markdown
 
 N = 20
 LETTERS = "ABCDE"
@@ -277,7 +277,7 @@ def test_report_cli_writes_files_and_plots(run: Path, tmp_path: Path) -> None:
 
 def test_plots_show_what_the_titles_say(run: Path) -> None:
     # the figures' bars are the summary's numbers, in bias order, one series per mitigation
-    from biasmed.plots import accuracy_figure, adoption_figure, radar_figure
+    from biasmed.report.plots import accuracy_figure, adoption_figure, radar_figure
 
     s = summarize(run, n_boot=0)
     ax = accuracy_figure(s, "test/model").axes[0]
@@ -316,7 +316,7 @@ def test_demo_runs_are_flagged_everywhere(tmp_path: Path) -> None:
 
 def test_options_come_from_the_recorded_dataset(tmp_path: Path) -> None:
     # a demo-set run: replies that are an option's text alone score through the option-text rule
-    from biasmed.data import load_demo
+    from biasmed.dataset.medqa import load_demo
 
     qs = load_demo("test")
     samples = []

@@ -22,9 +22,9 @@ from pathlib import Path
 from fakeapi import FakeAPI
 from typer.testing import CliRunner
 
-from biasmed.build import build_benchmark
+from biasmed.dataset.build import build_benchmark
 from biasmed.cli import app
-from biasmed.data import load_demo
+from biasmed.dataset.medqa import load_demo
 
 KEY = "sk-test-kill-0123456789"
 

@@ -17,14 +17,14 @@ import pytest
 from fakeapi import FakeAPI, letter_for, prompt_sha
 from typer.testing import CliRunner
 
-from biasmed.build import build_benchmark
-from biasmed.cache import ResponseCache
+from biasmed.dataset.build import build_benchmark
+from biasmed.run.cache import ResponseCache
 from biasmed.cli import app
-from biasmed.data import load_demo
+from biasmed.dataset.medqa import load_demo
 from biasmed.models import GenParams, resolve_model
-from biasmed.pricing import Price
+from biasmed.run.pricing import Price
 from biasmed.results import SamplesWriter, iter_jsonl
-from biasmed.runner import RateLimiter, RunConfig, Runner, question_chunks
+from biasmed.run.runner import RateLimiter, RunConfig, Runner, question_chunks
 
 KEYS = {"OPENAI_API_KEY": "sk-test-openai-0123456789", "ANTHROPIC_API_KEY": "sk-ant-test-0123456789"}
 FAST = dict(backoff_base=0.01, backoff_max=0.05, timeout=5.0)

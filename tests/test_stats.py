@@ -1,4 +1,4 @@
-"""biasmed.stats against hand-computed cases and scipy references."""
+"""biasmed.analysis.stats against hand-computed cases and scipy references."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, norm
 
-from biasmed import stats
+from biasmed.analysis import stats
 
 
 def test_wilson_hand_computed() -> None:

@@ -34,8 +34,8 @@ WORKER_ENV = {
 
 
 def _prompts():
-    from biasmed.build import build_benchmark
-    from biasmed.data import load_demo
+    from biasmed.dataset.build import build_benchmark
+    from biasmed.dataset.medqa import load_demo
 
     return build_benchmark(load_demo("test"), limit=2).prompts()
 

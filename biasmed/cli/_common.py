@@ -22,7 +22,7 @@ def fail(message: str, code: int = 2) -> NoReturn:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn input errors into the one-line exit-2 form; everything else propagates."""
-    from biasmed.data import DataError
+    from biasmed.dataset.medqa import DataError
 
     try:
         yield

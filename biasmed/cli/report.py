@@ -16,7 +16,7 @@ _CONVENTION_HELP = ("robust (default): biasmed's robust answer extraction, NR co
 
 
 def _check(convention: str, n_boot: int) -> None:
-    from biasmed.analysis import CONVENTIONS
+    from biasmed.analysis.summary import CONVENTIONS
 
     if convention not in CONVENTIONS:
         fail(f"--convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}")
@@ -38,8 +38,8 @@ def report_cmd(
     from rich.console import Console
     from rich.markup import escape
 
-    from biasmed.analysis import summarize
-    from biasmed.report import DEMO_BANNER, convention_line, rich_tables, write_report
+    from biasmed.analysis.summary import summarize
+    from biasmed.report.tables import DEMO_BANNER, convention_line, rich_tables, write_report
 
     _check(convention, n_boot)
     t0 = time.perf_counter()
@@ -72,8 +72,8 @@ def leaderboard_cmd(
     allow_mixed: Annotated[bool, typer.Option("--allow-mixed", help="combine runs built from different datasets")] = False,
 ) -> None:
     """One row per (model, mitigation), sorted by mean accuracy over the biases (columns: results/README.md)."""
-    from biasmed.analysis import summarize
-    from biasmed.report import leaderboard, write_leaderboard
+    from biasmed.analysis.summary import summarize
+    from biasmed.report.tables import leaderboard, write_leaderboard
 
     _check(convention, n_boot)
     fmt = fmt or ("md" if out is not None and out.suffix.lower() in (".md", ".markdown") else "csv")

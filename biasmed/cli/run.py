@@ -41,8 +41,8 @@ def _load_prompts(data: Path | None, medqa: str | None, split: str, n_options: i
     """The prompts of this run and the manifest describing where they came from."""
     if data is not None:
         return _prompts_from_file(data, biases, mitigations, limit)
-    from biasmed.build import build_benchmark
-    from biasmed.session import load_sources
+    from biasmed.dataset.build import build_benchmark
+    from biasmed.dataset.sources import load_sources
 
     questions, pool, templates = load_sources(medqa, split, n_options, mitigations, template_version, bias_files)
     bench = build_benchmark(questions, biases, templates, seed, mitigations, pool, target_mode,
@@ -55,7 +55,7 @@ def _prompts_from_file(data: Path, biases: str | None, mitigations: list[str],
     import hashlib
     import json
 
-    from biasmed.build import read_benchmark_file
+    from biasmed.dataset.build import read_benchmark_file
 
     if not data.is_file():
         raise FileNotFoundError(f"{data}: no such file (--data takes a file written by `biasmed build`)")
@@ -244,7 +244,7 @@ def run_cmd(
 
     with user_errors():
         from biasmed.models.registry import parse_spec
-        from biasmed.prompts import parse_mitigations
+        from biasmed.dataset.prompts import parse_mitigations
 
         provider, _ = parse_spec(model)
         mits = parse_mitigations(mitigations)
@@ -286,7 +286,7 @@ def run_cmd(
     out = out or default_out(model, mode)
 
     with user_errors():
-        from biasmed.pricing import find_price, load_prices
+        from biasmed.run.pricing import find_price, load_prices
 
         table = load_prices(prices)
     model_name = model.partition(":")[2]
@@ -296,7 +296,7 @@ def run_cmd(
 
     cache = None
     if not no_cache:
-        from biasmed.cache import ResponseCache
+        from biasmed.run.cache import ResponseCache
 
         try:
             cache = ResponseCache(cache_dir / "responses.sqlite" if cache_dir else None)
@@ -328,7 +328,7 @@ def run_cmd(
     any_success = any(s.get("error") is None for s in existing)
 
     from biasmed.results import RUN_JSON, SAMPLES, SamplesWriter, new_run_meta, now_iso, write_json_atomic
-    from biasmed.runner import ERRORS_FILE, RunConfig, Runner
+    from biasmed.run.runner import ERRORS_FILE, RunConfig, Runner
 
     out.mkdir(parents=True, exist_ok=True)
     meta = new_run_meta("run")
@@ -364,7 +364,7 @@ def run_cmd(
         "totals": old.get("totals") or {},
     })
     if is_demo:
-        from biasmed.data import DEMO_NOTE
+        from biasmed.dataset.medqa import DEMO_NOTE
 
         meta["WARNING"] = DEMO_NOTE
     write_json_atomic(out / RUN_JSON, meta)
@@ -422,8 +422,8 @@ def run_cmd(
 
 
 def _dry_run(prompts: list[Any], out: Path, m: Any, params: Any, price: Any, cache: Any, spec: str) -> None:
-    from biasmed.cache import cache_key
-    from biasmed.pricing import estimate_tokens
+    from biasmed.run.cache import cache_key
+    from biasmed.run.pricing import estimate_tokens
 
     done: set[str] = set()
     if (out / "samples.jsonl").exists():

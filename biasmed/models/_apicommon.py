@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
-from biasmed.models.base import FatalRunError, RetryableError
+from biasmed.models.base import Answer, ErrorKind, FatalRunError, RetryableError
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529})
 _KEYLIKE = re.compile(r"\b(sk-[A-Za-z0-9_\-*]{6,}|sk-ant-[A-Za-z0-9_\-*]{6,}|Bearer\s+\S+)")
@@ -112,8 +112,9 @@ _FILTER_CODES = frozenset({"content_filter", "content_policy_violation", "invali
 
 
 def raise_for_status(provider: str, base_url: str | None, status: int, body: Any,
-                     headers: Mapping[str, str] | None, secret: str | None) -> str:
-    """Classify an HTTP error. Raises RetryableError / FatalRunError, or returns a sample error."""
+                     headers: Mapping[str, str] | None, secret: str | None) -> Answer:
+    """Classify an HTTP error. Raises RetryableError / FatalRunError, or returns the failed Answer
+    of this one sample."""
     msg, code, param = server_message(body, f"HTTP {status}")
     msg = one_line(redact(msg, secret))
     where = f"{provider} at {safe_url(base_url)}" if base_url else provider
@@ -129,14 +130,14 @@ def raise_for_status(provider: str, base_url: str | None, status: int, body: Any
         raise RetryableError(f"{status} {msg}", retry_after=retry_after(headers), status=status)
     if status == 413 or (status == 400 and (code in ("context_length_exceeded", "string_above_max_length")
                                             or any(h in msg.lower() for h in _CONTEXT_HINTS))):
-        return f"context_length: {status} {msg}"
+        return Answer.failure(ErrorKind.CONTEXT_LENGTH, f"{status} {msg}")
     if status == 400 and code in _FILTER_CODES:
-        return f"content_filter: {status} {msg}"
+        return Answer.failure(ErrorKind.CONTENT_FILTER, f"{status} {msg}")
     if status in (400, 422):
         if param and param not in ("messages", "system", "input"):
             # a parameter this model does not take (temperature, logprobs...): same for every prompt
             raise FatalRunError(f"{where}: {status} parameter {param!r} rejected: {msg}")
-        return f"bad_request: {status} {msg}"
+        return Answer.failure(ErrorKind.BAD_REQUEST, f"{status} {msg}")
     raise FatalRunError(f"{where}: HTTP {status}: {msg}")
 
 

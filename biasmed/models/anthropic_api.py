@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from biasmed.models._apicommon import env_key, http_limits, one_line, raise_for_status, redact, safe_url
-from biasmed.models.base import Answer, FatalRunError, GenParams, RetryableError
+from biasmed.models.base import Answer, FatalRunError, GenParams, Model, RetryableError
 from biasmed.records import Prompt
 
 ADAPTER = "anthropic-messages/1"
@@ -32,9 +32,9 @@ ANTHROPIC_URL = "https://api.anthropic.com"
 SYSTEM_ONLY_USER_TURN = "Please answer."
 
 
-class AnthropicMessages:
-    batched = False
-    cacheable = True
+class AnthropicMessages(Model):
+    """Anthropic's messages API (official SDK)."""
+
 
     def __init__(self, spec: str, model: str, base_url: str | None, timeout: float = 120.0, concurrency: int = 64):
         if not model:
@@ -56,7 +56,7 @@ class AnthropicMessages:
         return self._sampling
 
     @property
-    def notes(self) -> list[str]:
+    def notes(self) -> Sequence[str]:
         return [] if self.sampling_params else [
             "the installed anthropic SDK takes no temperature/top_p: the API's default sampling is used"]
 
@@ -114,8 +114,9 @@ class AnthropicMessages:
                 body = e.response.json()
             except Exception:
                 body = None
-            err = raise_for_status("anthropic", self.base_url, e.status_code, body, e.response.headers, self._secret)
-            return Answer(error=err, latency_s=time.perf_counter() - t0)
+            failed = raise_for_status("anthropic", self.base_url, e.status_code, body, e.response.headers, self._secret)
+            failed.latency_s = time.perf_counter() - t0
+            return failed
         except anthropic.APITimeoutError:
             raise RetryableError(f"timeout after {self._timeout:g}s") from None
         except anthropic.APIConnectionError as e:

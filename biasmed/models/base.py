@@ -1,86 +1,58 @@
-"""The one protocol every model adapter implements, and the errors the runner understands.
+"""The one contract every model implements, declared in full: `Model`.
 
-Hosted APIs answer one prompt per request (the runner supplies concurrency); local models take a
-whole batch (they supply batching and prefix sharing). The runner never knows which provider it
-talks to.
+One abstract method, `answer`; every other member the runner uses is declared here with a
+default, so the runner never has to guess (inspect_ai's `ModelAPI` is the pattern). Hosted APIs
+answer one prompt per call (`max_chunk = 1`: the runner supplies concurrency); local models take a
+batch (`max_chunk > 1`: they supply batching and prefix sharing). A model reads only what a
+`Prompt` offers (`messages()`, `choices`, `text`), never the question behind it, and reports a
+failure of one sample as `Answer.failure(ErrorKind..., reason)`.
 """
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
-from biasmed.records import Prompt
+from biasmed.errors import FatalRunError, RetryableError
+from biasmed.records import MODES, Answer, ErrorKind, GenParams, Prompt
 
-MODES = ("generate", "logprob")
-
-
-@dataclass(frozen=True)
-class GenParams:
-    """Generation parameters: part of every cache key."""
-
-    mode: str = "generate"  # "generate": the model writes a reply; "logprob": letter log-probs
-    max_tokens: int = 16
-    temperature: float = 0.0
-    top_p: float | None = None
-    seed: int | None = None
-    role: str = "system"  # the paper's one system message; "user" is the alternative
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+__all__ = ["MODES", "Answer", "ErrorKind", "FatalRunError", "GenParams", "Model", "RetryableError"]
 
 
-@dataclass
-class Answer:
-    """What a model said for one prompt."""
+class Model(abc.ABC):
+    """Base class of every model adapter (and of a user's own model object)."""
 
-    text: str | None = None
-    logprobs: dict[str, float] | None = None  # option letter -> log-prob (logprob mode)
-    usage: dict[str, int] = field(default_factory=dict)  # input_tokens, output_tokens
-    error: str | None = None  # a failure of THIS sample (e.g. context too long), with the reason
-    finish_reason: str | None = None
-    refusal: str | None = None
-    cached: bool = False
-    latency_s: float | None = None
+    #: the spec string it was made from, e.g. "openai:gpt-4o-mini" (recorded in every sample);
+    #: set by every subclass (no default here, so dataclass subclasses may take it first)
+    spec: str
+    #: answer modes offered: "generate" (a reply), "logprob" (letter log-probs)
+    modes: frozenset[str] = frozenset({"generate"})
+    #: whether answers may be stored in / read from the shared response cache
+    cacheable: bool = True
+    #: prompts per `answer()` call: 1 for hosted APIs, more for local models that batch
+    max_chunk: int = 1
+    @property
+    def notes(self) -> Sequence[str]:
+        """Lines the user should see before a run (recorded in run.json)."""
+        return ()
 
-    def to_cache(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("cached", None)
-        d.pop("latency_s", None)
-        return d
-
-    @classmethod
-    def from_cache(cls, d: dict[str, Any]) -> "Answer":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known}, cached=True)
-
-
-class RetryableError(Exception):
-    """Transient failure (429, 5xx, 529, timeout, connection reset): the runner retries."""
-
-    def __init__(self, message: str, retry_after: float | None = None, status: int | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.status = status
-
-
-class FatalRunError(Exception):
-    """The whole run must stop now (401/403, missing key, model not found): nothing is lost."""
-
-
-@runtime_checkable
-class Model(Protocol):
-    spec: str  # the spec string it was made from, e.g. "openai:gpt-4o-mini"
-    modes: frozenset[str]
-    batched: bool  # True: `answer` takes many prompts at once (local); False: one per call (API)
+    @property
+    def batched(self) -> bool:
+        return self.max_chunk > 1
 
     def cache_identity(self) -> dict[str, Any]:
         """Explicit parts of the cache key (provider, model, base URL...), never a secret."""
-        ...
+        return {"spec": self.spec}
 
+    async def prepare(self) -> None:
+        """Load weights or open clients; called once before the first `answer()`."""
+
+    @abc.abstractmethod
     async def answer(self, prompts: Sequence[Prompt], params: GenParams) -> list[Answer]:
-        ...
+        """One Answer per prompt, in order. Raise `RetryableError` for a transient failure of the
+        call, `FatalRunError` when no prompt can succeed; a failure of one prompt is its Answer's
+        `error`."""
 
     async def aclose(self) -> None:
-        ...
+        """Release clients, threads, memory."""

@@ -19,16 +19,17 @@ heavy work runs in a worker thread so the event loop (progress bar, Ctrl-C) stay
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biasmed.models.base import MODES, Answer, FatalRunError, GenParams
+from biasmed.models.base import MODES, Answer, ErrorKind, FatalRunError, GenParams, Model
 from biasmed.records import Prompt
 
 ADAPTER_VERSION = 1  # bump when prompt encoding or scoring changes (part of the cache key)
@@ -125,8 +126,8 @@ class _Loaded:
 
 
 @dataclass(eq=False)
-class LocalCausalLM:
-    """A transformers causal LM behind the `Model` protocol (batched, prefix-shared)."""
+class LocalCausalLM(Model):
+    """A transformers causal LM (batched, prefix-shared)."""
 
     spec: str
     source: str  # a folder or a hub id
@@ -143,7 +144,6 @@ class LocalCausalLM:
     identity: dict[str, Any] = field(default_factory=dict)  # what names the weights (cache key)
     resolve_folder: Callable[[], str] | None = None  # e.g. smollm2: convert the GGUF once
     modes: frozenset[str] = frozenset(MODES)
-    batched: bool = True
     _state: _Loaded | None = field(default=None, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
@@ -206,10 +206,11 @@ class LocalCausalLM:
             tok = AutoTokenizer.from_pretrained(folder, **kw)
             if attn:
                 kw["attn_implementation"] = attn
-            try:
-                model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype_name), **kw)
-            except TypeError:  # transformers < 4.56 spells it torch_dtype
-                model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=getattr(torch, dtype_name), **kw)
+            with _quiet_progress():  # the runner draws its own progress bar
+                try:
+                    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype_name), **kw)
+                except TypeError:  # transformers < 4.56 spells it torch_dtype
+                    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=getattr(torch, dtype_name), **kw)
         except (OSError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise FatalRunError(f"{self.spec}: cannot load {folder}: {first}") from None
@@ -242,7 +243,7 @@ class LocalCausalLM:
             todo = []
             for i, s in enumerate(seqs):
                 if st.max_len is not None and len(s) + budget > st.max_len:
-                    out[i] = Answer(error=f"context too long: {len(s)} prompt tokens + {budget} new > {st.max_len}",
+                    out[i] = Answer.failure(ErrorKind.CONTEXT_LENGTH, f"{len(s)} prompt tokens + {budget} new > {st.max_len}",
                                     usage={"input_tokens": len(s), "output_tokens": 0})
                 else:
                     todo.append(i)
@@ -271,7 +272,7 @@ class LocalCausalLM:
             lsm = torch.log_softmax(logits, dim=-1)
             for i in ends:
                 lp = {k: float(torch.logsumexp(lsm[list(st.letters(k))], dim=0))
-                      for k in prompts[i].item.question.letters}
+                      for k in prompts[i].choices}
                 out[i] = letter_answer(lp, len(seqs[i]))
 
         score_last(st.model, seqs, self.batch_size, st.sharing, on_last=on_last, kv_ok=st.kv_ok)
@@ -315,6 +316,23 @@ class LocalCausalLM:
         return [Answer(text=st.tokenizer.decode(tokens, skip_special_tokens=True), finish_reason=finish,
                        usage={"input_tokens": len(s), "output_tokens": len(tokens)})
                 for s, (tokens, finish) in zip(seqs, replies)]
+
+
+@contextlib.contextmanager
+def _quiet_progress() -> Iterator[None]:
+    """No "Loading weights" tqdm bar from transformers (restored afterwards)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 # --- decoding -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any
 
 from biasmed.models._apicommon import (env_key, http_limits, httpx_module, one_line, raise_for_status, redact,
                                         safe_url)
-from biasmed.models.base import Answer, FatalRunError, GenParams, RetryableError
+from biasmed.models.base import Answer, FatalRunError, GenParams, Model, RetryableError
 from biasmed.records import Prompt
 
 ADAPTER = "openai-chat/1"  # part of the cache key: bump when the request shape changes
@@ -32,11 +32,9 @@ OPENAI_URL = "https://api.openai.com/v1"
 TOP_LOGPROBS = 20
 
 
-class OpenAIChat:
-    """A chat-completions model behind the `Model` protocol."""
+class OpenAIChat(Model):
+    """A chat-completions model (OpenAI, or any OpenAI-compatible server)."""
 
-    batched = False
-    cacheable = True
 
     def __init__(self, spec: str, provider: str, model: str, base_url: str | None, key_envs: tuple[str, ...],
                  key_required: bool, timeout: float = 120.0, concurrency: int = 64):
@@ -109,8 +107,9 @@ class OpenAIChat:
                 body = e.response.json()
             except Exception:
                 body = None
-            err = raise_for_status(self.provider, self.base_url, e.status_code, body, e.response.headers, self._secret)
-            return Answer(error=err, latency_s=time.perf_counter() - t0)
+            failed = raise_for_status(self.provider, self.base_url, e.status_code, body, e.response.headers, self._secret)
+            failed.latency_s = time.perf_counter() - t0
+            return failed
         except openai.APITimeoutError:
             raise RetryableError(f"timeout after {self._timeout:g}s") from None
         except openai.APIConnectionError as e:
@@ -138,7 +137,7 @@ class OpenAIChat:
         )
         if params.mode == "logprob" and not ans.refusal:
             ans.logprobs = letter_logprobs((choice.get("logprobs") or {}).get("content") or [],
-                                           prompt.item.question.letters)
+                                           prompt.choices)
         return ans
 
     async def aclose(self) -> None:

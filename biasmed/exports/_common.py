@@ -25,7 +25,7 @@ ExportSource = Union["Benchmark", Sequence[Prompt], str, os.PathLike]  # noqa: F
 
 def collect(source: Any) -> tuple[list[Prompt], dict[str, Any]]:
     """The prompts of `source` and the manifest that describes them (may be empty)."""
-    from biasmed.build import Benchmark, read_benchmark_file
+    from biasmed.dataset.build import Benchmark, read_benchmark_file
 
     if isinstance(source, Benchmark):
         return source.prompts(), source.manifest()
@@ -155,7 +155,7 @@ def write_dataset_card(out_dir: str | os.PathLike[str]) -> Path:
     """README.md for a dataset saved by `biasmed.export.save_hf_dataset`, from its columns and manifest."""
     from datasets import load_from_disk
 
-    from biasmed.export import read_hf_manifest
+    from biasmed.exports.to_hf import read_hf_manifest
 
     out = Path(out_dir)
     ds = load_from_disk(str(out))

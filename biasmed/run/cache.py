@@ -15,14 +15,14 @@ import json
 import os
 import queue
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-CACHE_ENV = "BIASMED_CACHE_DIR"
+from biasmed._paths import cache_root
+
 KEY_VERSION = 1  # bump when the key's composition changes
 _BUSY_MS = 30_000
 _SCHEMA = """
@@ -37,18 +37,7 @@ CREATE TABLE IF NOT EXISTS responses (
 
 def default_cache_path() -> Path:
     """`$BIASMED_CACHE_DIR/responses.sqlite`, else the user cache dir (XDG on Linux)."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env) / "responses.sqlite"
-    if os.environ.get("XDG_CACHE_HOME"):
-        base = Path(os.environ["XDG_CACHE_HOME"])
-    elif sys.platform == "darwin":
-        base = Path.home() / "Library" / "Caches"
-    elif sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
-    else:
-        base = Path.home() / ".cache"
-    return base / "biasmed" / "responses.sqlite"
+    return cache_root() / "responses.sqlite"
 
 
 def cache_key(identity: Mapping[str, Any], params: Mapping[str, Any], messages: Sequence[Mapping[str, Any]]) -> str:

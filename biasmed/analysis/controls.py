@@ -1,7 +1,7 @@
 """Control comparisons: placebo sentences, helpful (correct) targets, re-drawn targets.
 
 Works on one model's per-question arrays (`Cond`, aligned on the model's question index) built by
-`biasmed.analysis`, and fills the control columns of its summary rows plus one row of model-level
+`biasmed.analysis.summary`, and fills the control columns of its summary rows plus one row of model-level
 figures per mitigation (the susceptibility index among them). Definitions: docs/controls.md.
 
 - placebo: `placebo_<bias>` names the same planted letter as `<bias>` without endorsing it;
@@ -101,7 +101,7 @@ def complete_mean(arrays: Sequence["np.ndarray"]) -> "np.ndarray":
 
 
 def _rng(seed: int, model: str, *keys: object):
-    from biasmed.stats import rng_for
+    from biasmed.analysis.stats import rng_for
 
     return rng_for(seed, model, *keys)
 
@@ -112,7 +112,7 @@ def _paired(x: "np.ndarray", y: "np.ndarray", n_boot: int, rng) -> Any:
 
     import numpy as np
 
-    from biasmed.stats import paired_diff
+    from biasmed.analysis.stats import paired_diff
 
     ok = ~np.isnan(x) & ~np.isnan(y)
     d = paired_diff(x[ok] > 0, y[ok] > 0, n_boot, rng)
@@ -126,7 +126,7 @@ def _paired(x: "np.ndarray", y: "np.ndarray", n_boot: int, rng) -> Any:
 def fill_columns(rows: Sequence[dict[str, Any]], conds: Mapping[CondKey, Cond], model: str,
                  n_boot: int, seed: int) -> None:
     """Fill CONTROL_COLUMNS (NaN where a control is absent) and n_draws in a model's rows."""
-    from biasmed.stats import bootstrap_mean
+    from biasmed.analysis.stats import bootstrap_mean
 
     nan = float("nan")
     by_key = {(r["bias"], r["mitigation"], r["draw"], r["target_mode"]): r for r in rows}
@@ -176,7 +176,7 @@ def _placebo(r: dict[str, Any], me: Cond, pl: Cond | None, n_boot: int, rng) -> 
 
 def _draw_columns(r: dict[str, Any], per_draw: Sequence[Cond], accuracies: Sequence[float], base: Cond,
                   n_boot: int, rng) -> None:
-    from biasmed.stats import bootstrap_mean, spread
+    from biasmed.analysis.stats import bootstrap_mean, spread
 
     sp = spread(accuracies)
     r.update(acc_draws_mean=sp.mean, acc_draws_sd=sp.sd, acc_draws_min=sp.min, acc_draws_max=sp.max)
@@ -203,7 +203,7 @@ def model_rows(model: str, conds: Mapping[CondKey, Cond], n_boot: int, seed: int
     question-cluster bootstrap CI (questions present in every condition involved)."""
     import numpy as np
 
-    from biasmed.stats import bootstrap_mean
+    from biasmed.analysis.stats import bootstrap_mean
 
     base = conds.get(BASE)
     pm = primary_mode([k[3] for k in conds])
@@ -250,7 +250,7 @@ def model_rows(model: str, conds: Mapping[CondKey, Cond], n_boot: int, seed: int
 def _model_draws(row: dict[str, Any], core: list[str], conds: Mapping[CondKey, Cond], mit: str,
                  pm: str | None, n_boot: int, rng) -> None:
     """Mean accuracy over the core biases and the draws they all have, pooled per question."""
-    from biasmed.stats import bootstrap_mean
+    from biasmed.analysis.stats import bootstrap_mean
 
     if not core or pm is None:
         row.update(draws=0, draws_biases="", draws_n=0)

@@ -1,6 +1,6 @@
 """The control sections of reports and leaderboards: placebo, helpful bias, susceptibility, draws.
 
-Reads the control columns of a summary (`biasmed.controls`) and `summary.attrs["model_controls"]`.
+Reads the control columns of a summary (`biasmed.analysis.controls`) and `summary.attrs["model_controls"]`.
 A model without any control gets none of these sections, and empty leaderboard columns.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from biasmed.controls import HELPFUL_MODE, MODEL_CONTROL_COLUMNS
+from biasmed.analysis.controls import HELPFUL_MODE, MODEL_CONTROL_COLUMNS
 from biasmed.records import NONE
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _isnan(x: Any) -> bool:
 
 
 def _rows(summary: "pd.DataFrame", model: str) -> "pd.DataFrame":
-    from biasmed.analysis import main_rows
+    from biasmed.analysis.summary import main_rows
 
     m = main_rows(summary)
     return m[(m["model"] == model) & (m["bias"] != NONE) & (m["control_of"].fillna("") == "")]
@@ -80,7 +80,7 @@ def control_tables(summary: "pd.DataFrame", model: str) -> list[Any]:
     from rich.markup import escape
     from rich.table import Table
 
-    from biasmed.report import _short
+    from biasmed.report.tables import _short
 
     has = has_controls(summary, model)
     if not any(has.values()):
@@ -135,7 +135,7 @@ def control_tables(summary: "pd.DataFrame", model: str) -> list[Any]:
 
 def control_markdown(summary: "pd.DataFrame", model: str) -> list[str]:
     """The report.md sections of a model's controls (empty when it has none)."""
-    from biasmed.report import _ci, _fmt, _n, _p
+    from biasmed.report.tables import _ci, _fmt, _n, _p
 
     has = has_controls(summary, model)
     if not any(has.values()):
@@ -267,7 +267,7 @@ def leaderboard_controls(summary: "pd.DataFrame", model: str, mitigation: str, c
         m = summary[(summary["model"] == model) & (summary["mitigation"] == mitigation)
                     & (summary["target_mode"] == mc.get("target_mode")) & summary["bias"].isin(biases)]
         per_draw = m.groupby("draw")["accuracy"].mean()
-        from biasmed.stats import spread
+        from biasmed.analysis.stats import spread
 
         sp = spread(per_draw.to_numpy(dtype=float))
         out.update(mean_biased_acc_draws_sd=sp.sd, mean_biased_acc_draws_min=sp.min, mean_biased_acc_draws_max=sp.max)
@@ -275,7 +275,7 @@ def leaderboard_controls(summary: "pd.DataFrame", model: str, mitigation: str, c
 
 
 def _draw_spread(r: Any) -> str:
-    from biasmed.report import _fmt
+    from biasmed.report.tables import _fmt
 
     if _isnan(r["mean_biased_acc_draws_sd"]):
         return "–"
@@ -285,7 +285,7 @@ def _draw_spread(r: Any) -> str:
 
 def leaderboard_controls_markdown(lb: "pd.DataFrame") -> list[str]:
     """A second table beside the leaderboard's: the rows that have a control."""
-    from biasmed.report import _ci, _fmt
+    from biasmed.report.tables import _ci, _fmt
 
     if lb.empty or "n_placebo" not in lb:
         return []

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from biasmed._export_common import (
+from biasmed.exports._common import (
     DATA_FILE, MANIFEST_FILE, check_role, collect, conditions, export_manifest, prompt_row,
     safe_name, write_rows,
 )

@@ -14,7 +14,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from biasmed.biases import TemplateSet, choose_target, make_item
+from biasmed.dataset.biases import TemplateSet, choose_target, make_item
 from biasmed.records import NONE, Item, Prompt, Question
 
 N_DEMOS = {"none": 0, "education": 0, "one-shot": 1, "few-shot": 2}

@@ -36,8 +36,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from biasmed.biases import load_templates
+from biasmed.dataset.biases import load_templates
 from biasmed.records import NONE, Question, Sample, sha256_text
+from biasmed.scoring import verdict
 
 TILDES = "~" * 100
 # A record starts at a line of exactly 100 tildes followed by "PROMPT:" (tildes inside a prompt or
@@ -427,6 +428,7 @@ class PaperRecord:
     question_text: str  # the logged target question (bias sentence included)
     demo_block: str = ""  # one-shot/few-shot: the prompt's text between instruction and target
     stand_in_id: str = ""  # for an unmatched question: "unmatched-<hash of its bias-free text>"
+    options: dict[str, str] | None = None  # the matched MedQA question's, else as logged (if parsed)
 
 
 _VERDICT = re.compile(r"\b(True|False|NR)\b")
@@ -487,11 +489,13 @@ def interpret(raw: Sequence[RawRecord], name: LogName, log_file: str, index: Que
             rep.no_target += 1
         clean = remove_planted(parts.question, planted) if planted else parts.question
         qid, kind, escaped = None, None, False
+        options = parse_options(parts.options)
         if index is not None:
             m, i = index.match(clean, parts.options, hint)
             kind, escaped = m.kind, m.escaped
             if m.question is not None:
                 qid = m.question.id
+                options = dict(m.question.options)
                 rep.answer_mismatch += m.question.answer_idx != r.answer_idx
                 if i <= last:
                     rep.in_order = False
@@ -509,6 +513,7 @@ def interpret(raw: Sequence[RawRecord], name: LogName, log_file: str, index: Que
             logged_is_correct=verdict, logged_is_correct_raw=r.is_correct, answer_idx=r.answer_idx,
             question_id=qid, match=kind, escaped=escaped, target=planted.target if planted else None,
             question_text=parts.question, demo_block=_demo_block(r.prompt, parts), stand_in_id=stand_in,
+            options=options,
         ))
     rep.match_kinds = dict(sorted(kinds.items()))
     return out, rep
@@ -630,11 +635,6 @@ def read_paper_logs(paths: Iterable[str | os.PathLike[str]], questions: Sequence
 # Samples
 
 
-def paper_extract(response: str, letters: str = _OPTION_LETTERS) -> str | None:
-    """The paper's rule: the reply's first character, if it is an option letter."""
-    return response[0] if response and response[0] in letters else None
-
-
 def sample_id(question_id: str, bias: str, mitigation: str, ae: bool) -> str:
     """`question|bias|mitigation`, plus `|ae` for a re-judged (ae_) copy of the same answer."""
     return f"{question_id}|{bias}|{mitigation}" + ("|ae" if ae else "")
@@ -654,14 +654,17 @@ def to_sample(rec: PaperRecord, n_options: int = 5) -> Sample:
     reproduces their logged IS_CORRECT; ae_ files take the judge's verdict as `correct`/`nr`.
     """
     qid = rec.question_id or rec.stand_in_id or unmatched_id(rec.question_text)
-    letter = paper_extract(rec.response, _OPTION_LETTERS[:n_options])
+    letters = "".join(rec.options) if rec.options else _OPTION_LETTERS[:n_options]
+    # the paper's rule on the raw reply: the first character against the logged answer
+    paper = verdict(mode="generate", response=rec.response, logprobs=None, answer_idx=rec.answer_idx,
+                    letters=_OPTION_LETTERS, rule="paper")
+    letter = paper.letter if paper.letter in letters else None
     if rec.ae:
-        verdict = rec.logged_is_correct
-        correct = True if verdict == "True" else False if verdict == "False" else None
-        nr, rule = verdict == "NR", AE_RULE
+        logged = rec.logged_is_correct
+        correct = True if logged == "True" else False if logged == "False" else None
+        nr, rule = logged == "NR", AE_RULE
     else:
-        nr = rec.response == ""
-        correct = (not nr) and rec.response[0] == rec.answer_idx
+        nr, correct = paper.nr, paper.correct
         rule = "nr" if nr else PAPER_RULE
     extra: dict[str, Any] = {
         "logged_is_correct": rec.logged_is_correct,  # "True" | "False" | "NR" | "unparsed"
@@ -689,8 +692,11 @@ def to_sample(rec: PaperRecord, n_options: int = 5) -> Sample:
         correct=correct,
         nr=nr,
         target_mode="incorrect",
-        n_options=n_options,
+        n_options=len(letters),
         extra=extra,
+        choices=list(letters),
+        options=rec.options,
+        text=rec.question_text,
     )
 
 

@@ -27,8 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biasmed.models.base import Answer, FatalRunError, GenParams, Model, RetryableError
-from biasmed.records import NONE, Prompt
+from biasmed.errors import FatalRunError, RetryableError
+from biasmed.models.base import Model
+from biasmed.records import NONE, Answer, ErrorKind, GenParams, Prompt, Sample
+from biasmed.run.cache import cache_key
+from biasmed.run.pricing import estimate_tokens
+from biasmed.scoring import verdict
 
 ERRORS_FILE = "errors.jsonl"
 
@@ -86,46 +90,17 @@ class _Failure:
     reason: str
 
 
-# -- scoring ---------------------------------------------------------------------------------------
-SCORING_RULE = "robust"  # biasmed.scoring's rule for generate-mode replies (the paper's: "paper")
-
-
-def score(prompt: Prompt, ans: Answer, mode: str) -> tuple[str | None, str, bool | None, bool]:
-    """(extracted, rule, correct, nr) of one answer; a failed sample is NR and not scored."""
-    if ans.error is not None:
-        return None, "nr", None, True
-    gold, options = prompt.item.question.answer_idx, prompt.item.question.options
-    try:
-        from biasmed.scoring import score as score_text, score_logprobs
-    except ImportError:  # scoring not installed in this build: the paper's first-character rule
-        return _first_letter_score(ans, mode, gold, options)
-    if mode == "logprob":
-        lps = {k: v for k, v in (ans.logprobs or {}).items() if k in options}
-        s = score_logprobs(lps, gold)
-    else:
-        s = score_text(ans.text, gold, SCORING_RULE, options)
-    return s.letter, s.rule, s.correct, s.nr
-
-
-def _first_letter_score(ans: Answer, mode: str, gold: str,
-                        options: Mapping[str, str]) -> tuple[str | None, str, bool | None, bool]:
-    if mode == "logprob":
-        lps = {k: v for k, v in (ans.logprobs or {}).items() if k in options}
-        if not lps:
-            return None, "nr", False, True
-        best = max(sorted(lps), key=lambda k: lps[k])
-        return best, "logprob", best == gold, False
-    t = (ans.text or "").strip()
-    if not t:
-        return None, "nr", False, True
-    letter = t[0] if t[0] in options else None
-    return letter, "paper-first-char", letter == gold, False
+# -- samples -------------------------------------------------------------------------------------
+SCORING_RULE = "robust"  # the rule a sample's stored verdict uses (analysis may apply "paper")
 
 
 def make_sample(prompt: Prompt, ans: Answer, model_spec: str, mode: str, cost: float,
-                cached: bool) -> dict[str, Any]:
+                cached: bool) -> Sample:
+    """The one Sample for one answered prompt, its verdict from `biasmed.scoring.verdict`."""
     it, q = prompt.item, prompt.item.question
-    extracted, rule, correct, nr = score(prompt, ans, mode)
+    v = verdict(mode=mode, response=ans.text, logprobs=ans.logprobs, answer_idx=q.answer_idx,
+                letters="".join(prompt.choices), options=q.options, failed=ans.error is not None,
+                rule=SCORING_RULE)
     extra: dict[str, Any] = {}
     if ans.finish_reason:
         extra["finish_reason"] = ans.finish_reason
@@ -133,33 +108,38 @@ def make_sample(prompt: Prompt, ans: Answer, model_spec: str, mode: str, cost: f
         extra["refusal"] = ans.refusal
     if prompt.demo_ids:
         extra["demo_ids"] = list(prompt.demo_ids)
-    return {
-        "sample_id": prompt.sample_id,
-        "question_id": q.id,
-        "bias": it.bias,
-        "mitigation": prompt.mitigation,
-        "template_version": it.template_version,
-        "answer_idx": q.answer_idx,
-        "bias_target": it.target,
-        "prompt_sha256": prompt.sha256,
-        "model": model_spec,
-        "response": ans.text,
-        "extracted": extracted,
-        "rule": rule,
-        "correct": correct,
-        "nr": nr,
-        "error": ans.error,
-        "target_mode": it.target_mode if it.bias != NONE else None,
-        "draw": it.draw,
-        "n_options": len(q.options),
-        "mode": mode,
-        "logprobs": ans.logprobs,
-        "usage": dict(ans.usage or {}),
-        "cost_usd": round(cost, 8),
-        "cached": cached,
-        "latency_s": None if ans.latency_s is None else round(ans.latency_s, 4),
-        "extra": extra,
-    }
+    kind = ans.error_kind or (ErrorKind.OTHER if ans.error is not None else None)
+    return Sample(
+        sample_id=prompt.sample_id,
+        question_id=q.id,
+        bias=it.bias,
+        mitigation=prompt.mitigation,
+        template_version=it.template_version,
+        answer_idx=q.answer_idx,
+        bias_target=it.target,
+        prompt_sha256=prompt.sha256,
+        model=model_spec,
+        response=ans.text,
+        extracted=v.letter,
+        rule=v.rule,
+        correct=None if ans.error is not None else v.correct,
+        nr=v.nr,
+        error=ans.error,
+        target_mode=it.target_mode if it.bias != NONE else None,  # type: ignore[arg-type]
+        draw=it.draw,
+        n_options=len(prompt.choices),
+        mode=mode,
+        logprobs=ans.logprobs,
+        usage=dict(ans.usage or {}),
+        cost_usd=round(cost, 8),
+        cached=cached,
+        latency_s=None if ans.latency_s is None else round(ans.latency_s, 4),
+        extra=extra,
+        choices=list(prompt.choices),
+        options=dict(q.options),
+        text=it.text,
+        error_kind=None if kind is None else kind.value,
+    )
 
 
 # -- pacing ----------------------------------------------------------------------------------------
@@ -251,13 +231,10 @@ class Runner:
                  errors_path: str | os.PathLike[str] | None = None,
                  on_progress: Callable[[RunStats], None] | None = None,
                  any_success_before: bool = False):
-        from biasmed.cache import cache_key
-        from biasmed.pricing import estimate_tokens
-
         self.model = model
         self.params = params
         self.writer = writer
-        self.cache = cache if getattr(model, "cacheable", True) else None
+        self.cache = cache if model.cacheable else None
         self.price = price
         self.config = config or RunConfig()
         self.errors_path = Path(errors_path) if errors_path else None
@@ -266,8 +243,6 @@ class Runner:
         self._limiter = RateLimiter(self.config.rpm, self.config.tpm)
         self._identity = model.cache_identity()
         self._params_d = params.as_dict()
-        self._cache_key = cache_key
-        self._estimate = estimate_tokens
         self._stop: str | None = None  # why no new request may start
         self._fatal: str | None = None
         self._answers: dict[str, asyncio.Future[Answer | _Failure | None]] = {}
@@ -277,7 +252,7 @@ class Runner:
 
     # -- public ------------------------------------------------------------------------------
     def key(self, prompt: Prompt) -> str:
-        return self._cache_key(self._identity, self._params_d, prompt.messages(self.params.role))
+        return cache_key(self._identity, self._params_d, prompt.messages(self.params.role))
 
     async def run(self, prompts: Sequence[Prompt]) -> RunResult:
         self.stats = RunStats(total=len(prompts))
@@ -285,10 +260,8 @@ class Runner:
         try:
             todo = self._from_cache(prompts, keys)
             if todo and not self._stop:
-                prepare = getattr(self.model, "prepare", None)
-                if prepare is not None:
-                    await prepare()
-                if getattr(self.model, "batched", False):
+                await self.model.prepare()
+                if self.model.batched:
                     await self._run_batched(todo, keys)
                 else:
                     await self._run_unbatched(todo, keys)
@@ -368,7 +341,7 @@ class Runner:
 
     async def _request(self, p: Prompt) -> Answer | _Failure | None:
         cfg = self.config
-        est_in = self._estimate(p.text)
+        est_in = estimate_tokens(p.text)
         est_out = 1 if self.params.mode == "logprob" else self.params.max_tokens
         est_cost = self.price.cost(est_in, est_out) if self.price else 0.0
         t0 = time.monotonic()
@@ -411,7 +384,7 @@ class Runner:
             await asyncio.sleep(delay)
 
     async def _run_batched(self, todo: Sequence[Prompt], keys: Mapping[str, str]) -> None:
-        size = self.config.chunk_size or int(getattr(self.model, "max_chunk", 256) or 256)
+        size = self.config.chunk_size or self.model.max_chunk
         answered: dict[str, Answer] = {}  # key -> answer: identical prompts are asked once
         for chunk in question_chunks(todo, size):
             if self._stop or self._fatal:
@@ -445,7 +418,7 @@ class Runner:
         """A bad request before any success is a configuration problem: stop, write nothing."""
         if ans.error is None:
             self._any_success = True
-        elif ans.error.startswith("bad_request:") and not self._any_success:
+        elif ans.error_kind is ErrorKind.BAD_REQUEST and not self._any_success:
             raise FatalRunError(f"{self.model.spec}: the first request was refused: {ans.error}")
 
     def _record(self, p: Prompt, ans: Answer, key: str, cached: bool) -> None:
@@ -454,7 +427,7 @@ class Runner:
         if not cached:
             n_in, n_out = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
             if self.price and ans.error is None and not (n_in or n_out):
-                n_in = self._estimate(p.text)  # a server without usage: charge the estimate
+                n_in = estimate_tokens(p.text)  # a server without usage: charge the estimate
                 n_out = max(1, len(ans.text or "") // 4)
             cost = self.price.cost(n_in, n_out) if self.price else 0.0
             self.stats.input_tokens += n_in
@@ -468,7 +441,7 @@ class Runner:
                     self.cache = None
         else:
             self.stats.cache_hits += 1
-        self.writer.append(make_sample(p, ans, self.model.spec, self.params.mode, cost, cached))
+        self.writer.append(make_sample(p, ans, self.model.spec, self.params.mode, cost, cached).to_dict())
         self.stats.done += 1
         if ans.error is not None:
             self.stats.errors += 1

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from biasmed.errors import DataError
 from biasmed._paths import demo_dir
 from biasmed.records import Question
 
@@ -23,14 +24,6 @@ MAX_LINE_BYTES = 1 << 20  # a MedQA line is ~1-3 kB; anything near a MiB is not 
 SPLITS = ("test", "dev")
 # Default hub datasets for users without a local copy (see README, "Where MedQA comes from").
 HUB_DEFAULTS = {4: "GBaker/MedQA-USMLE-4-options"}
-
-
-class DataError(ValueError):
-    """A bad input file: the message is one line, `path:line: field: problem`."""
-
-    def __init__(self, path: str | os.PathLike[str], line: int, field: str, problem: str):
-        self.path, self.line, self.field, self.problem = str(path), line, field, problem
-        super().__init__(f"{path}:{line}: {field}: {problem}")
 
 
 @dataclass(frozen=True)

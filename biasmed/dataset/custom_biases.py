@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from biasmed.biases import PLACEMENTS, BiasTemplate
-from biasmed.data import DataError
+from biasmed.dataset.biases import PLACEMENTS, BiasTemplate
+from biasmed.dataset.medqa import DataError
 from biasmed.records import BIASES, NONE, V2_BIASES
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")

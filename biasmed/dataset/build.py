@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from biasmed.biases import TemplateSet, load_templates, make_items, parse_bias_list
-from biasmed.data import DEMO_NOTE, QuestionSet
-from biasmed.prompts import N_DEMOS, Renderer
+from biasmed.dataset.biases import TemplateSet, load_templates, make_items, parse_bias_list
+from biasmed.dataset.medqa import DEMO_NOTE, QuestionSet
+from biasmed.dataset.prompts import N_DEMOS, Renderer
 from biasmed.records import DEFAULT_TEMPLATE_VERSION, NONE, Item, Prompt, Question, sha256_text
 from biasmed.results import biasmed_version, write_json_atomic
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from biasmed._export_common import (
+from biasmed.exports._common import (
     DATA_FILE, MANIFEST_FILE, check_role, collect, export_manifest, prompt_row, safe_name, write_rows,
 )
 

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from biasmed.controls import CONTROL_COLUMNS, HELPFUL_MODE, Cond, CondKey, control_of, primary_mode
-from biasmed.records import NONE
+from biasmed.analysis.controls import CONTROL_COLUMNS, HELPFUL_MODE, Cond, CondKey, control_of, primary_mode
+from biasmed.records import NONE, Sample
+from biasmed.results import read_run_json, read_samples
+from biasmed.scoring import extract_paper, paper_log_counts, verdict
 
 if TYPE_CHECKING:
     import numpy as np
@@ -60,9 +62,6 @@ def load_run(run_dir: str | os.PathLike[str]) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    from biasmed.records import Sample
-    from biasmed.results import read_run_json, read_samples
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
@@ -94,53 +93,6 @@ def load_run(run_dir: str | os.PathLike[str]) -> "pd.DataFrame":
     return df
 
 
-def load_options(runs: Iterable[Mapping[str, Any]], medqa: str | None = None) -> dict[str, dict[str, str]]:
-    """question_id -> options, for the text rules of the robust extractor.
-
-    From `medqa` when given, else from each run's recorded dataset (a local file whose sha256
-    still matches, or the embedded demo set). Hub datasets are not fetched. Empty when nothing
-    is available: the robust rule then reads letters only.
-    """
-    from biasmed.data import load_demo, load_medqa
-
-    out: dict[str, dict[str, str]] = {}
-    sets = []
-    if medqa:
-        for split in ("test", "dev"):
-            try:
-                sets.append(load_medqa(medqa, split))
-            except Exception:  # a folder without dev.jsonl is fine
-                continue
-    else:
-        seen: set[tuple[str, str]] = set()
-        for meta in runs:
-            ds = meta.get("dataset") or {}
-            src, sha = ds.get("source"), ds.get("sha256")
-            if not src or (src, sha) in seen:
-                continue
-            seen.add((src, sha))
-            split, n_opt = ds.get("split", "test"), int(ds.get("n_options", 5))
-            if src == "demo":
-                sets.append(load_demo(split))
-                continue
-            # the recorded path (it may be relative to where the run was made), else
-            # $BIASMED_MEDQA_DIR; either is used only when its sha256 is the recorded one
-            for cand in (src, os.environ.get("BIASMED_MEDQA_DIR")):
-                if not cand or not Path(cand).exists():
-                    continue
-                try:
-                    qs = load_medqa(cand, split, n_opt)
-                except Exception:
-                    continue
-                if sha is None or qs.sha256 == sha:
-                    sets.append(qs)
-                    break
-    for qs in sets:
-        for q in qs.questions:
-            out.setdefault(q.id, dict(q.options))
-    return out
-
-
 def _as_frames(runs_or_frames: RunLike | Sequence[RunLike]) -> list["pd.DataFrame"]:
     import pandas as pd
 
@@ -158,6 +110,33 @@ class Scored:
     convention: str
     notes: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    """Everything a report needs about a set of runs, computed once by `summarize()`.
+
+    Writers (CSV, markdown, plots, HTML, leaderboard) take a Summary and compute nothing it holds.
+    """
+
+    table: "pd.DataFrame"  # SUMMARY_COLUMNS: one row per (model, bias, mitigation, draw, target mode)
+    main: "pd.DataFrame"  # the rows of the main tables (`main_rows(table)`)
+    model_controls: list[dict[str, Any]]  # biasmed.analysis.controls.MODEL_CONTROL_COLUMNS rows
+    samples: "pd.DataFrame"  # the scored samples (s_letter, s_correct, s_nr, ...), one row each
+    convention: str
+    notes: list[str]
+    runs: list[dict[str, Any]]  # per run folder: path, kind, model, dataset, created_at
+    is_demo: bool
+    n_boot: int
+    seed: int
+    controls_boot: int
+
+    @property
+    def models(self) -> list[str]:
+        return sorted({str(m) for m in self.table["model"]}) if len(self.table) else []
+
+    def __len__(self) -> int:
+        return len(self.table)
 
 
 def paper_denominator(model: str, run_kind: str) -> str:
@@ -226,8 +205,7 @@ def _strs(col: "pd.Series") -> list[str | None]:
     return [v if isinstance(v, str) else None for v in col.tolist()]
 
 
-def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
-                options: Mapping[str, Mapping[str, str]] | None = None) -> "pd.DataFrame":
+def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION) -> "pd.DataFrame":
     """Add the convention's per-sample score columns.
 
     s_letter, s_rule, s_correct, s_nr: the per-sample verdict (NR counts as not correct);
@@ -235,13 +213,6 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
     where the paper's script counted a logged record 0 or 2 times); den_mode: "total"|"answered".
     """
     import numpy as np
-
-    from biasmed.scoring import (
-        extract_paper,
-        extract_robust,
-        paper_log_counts,
-        score_logprobs,
-    )
 
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}")
@@ -255,13 +226,16 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
     wc = np.zeros(n, dtype=np.int64)
     wt = np.ones(n, dtype=np.int64)
     wn = np.zeros(n, dtype=np.int64)
-    opts = options or {}
     resp = _strs(df["response"])
     gold = _strs(df["answer_idx"])
-    qids = _strs(df["question_id"])
     modes = df["mode"].fillna("generate").tolist()
     lps = df["logprobs"].tolist()
     nopt = df["n_options"].fillna(5).astype(int).tolist()
+    choices = df["choices"].tolist()
+    opts = df["options"].tolist()
+    schema = df["schema"].fillna(1).astype(int).tolist()
+    kinds = df["run_kind"].tolist()
+    stored = (_strs(df["extracted"]), _strs(df["rule"]), df["correct"].tolist(), df["nr"].tolist())
     logged = _strs(df["logged_is_correct_raw"])
     is_log = (df["run_kind"] == PAPER_LOGS_KIND).to_numpy() & df["logged_is_correct"].notna().to_numpy()
 
@@ -279,15 +253,18 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
     for i in range(n):
         if convention == "paper" and is_log[i]:
             continue
-        if modes[i] == "logprob":
-            s = score_logprobs(lps[i], gold[i])
-            letters[i], rules[i], correct[i], nr[i] = s.letter, s.rule, s.correct, s.nr
+        if convention == "robust" and schema[i] < 2 and kinds[i] != PAPER_LOGS_KIND and stored[1][i]:
+            # a 0.1.0 run folder: its samples carry no options, but their stored verdicts were
+            # made by this same rule WITH the options at run time
+            letters[i], rules[i] = stored[0][i], str(stored[1][i])
+            nr[i] = bool(stored[3][i])
+            correct[i] = letters[i] is not None and letters[i] == gold[i]
         else:
-            q = opts.get(qids[i]) if qids[i] else None
-            ex = (extract_robust(resp[i], q, nopt[i]) if convention == "robust"
-                  else extract_paper(resp[i], "".join(q) if q else _LETTERS[: nopt[i]]))
-            letters[i], rules[i], nr[i] = ex.letter, ex.rule, ex.nr
-            correct[i] = ex.letter is not None and ex.letter == gold[i]
+            ch = choices[i]
+            v = verdict(mode=modes[i], response=resp[i], logprobs=lps[i], answer_idx=gold[i],
+                        letters="".join(ch) if isinstance(ch, list) and ch else _LETTERS[: nopt[i]],
+                        options=opts[i] if isinstance(opts[i], dict) else None, rule=convention)
+            letters[i], rules[i], correct[i], nr[i] = v.letter, v.rule, v.correct, v.nr
         wc[i], wn[i] = int(correct[i]), int(nr[i])
     df["s_letter"] = letters
     df["s_rule"] = rules
@@ -304,21 +281,19 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION,
 
 
 def prepare(runs_or_frames: RunLike | Sequence[RunLike], convention: str = DEFAULT_CONVENTION,
-            options: Mapping[str, Mapping[str, str]] | None = None, medqa: str | None = None,
             allow_mixed: bool = False) -> Scored:
     """Load, combine and score runs; errors (failed API calls) are set aside and counted."""
     frames = _as_frames(runs_or_frames)
     runs = [f.attrs.get("run", {}) for f in frames]
     df, notes = combine(frames, allow_mixed)
     df.attrs = {}
-    if options is None and convention == "robust":
-        options = load_options(runs, medqa)
-        if not options:
-            notes.append("no question options available: the robust rule read letters only "
-                         "(pass --medqa to enable the option-text rules)")
     failed = df["error"].notna() & df["response"].isna()
     df = df.assign(failed=failed)
-    scored = score_frame(df, convention, options)
+    scored = score_frame(df, convention)
+    legacy_logs = (scored["run_kind"] == PAPER_LOGS_KIND) & (scored["schema"].fillna(1) < 2)
+    if convention == "robust" and bool(legacy_logs.any()):
+        notes.append("paper logs imported by biasmed 0.1.0 carry no option texts: the robust rule read "
+                     "letters only for them (import them again to enable the option-text rules)")
     n_unmatched = int(scored["question_id"].isna().sum())
     if n_unmatched:
         notes.append(f"{n_unmatched} samples have no question id (unmatched log records): "
@@ -333,21 +308,19 @@ def prepare(runs_or_frames: RunLike | Sequence[RunLike], convention: str = DEFAU
 
 def summarize(runs_or_frames: RunLike | Sequence[RunLike] | Scored, convention: str = DEFAULT_CONVENTION,
               n_boot: int = 10_000, seed: int = 0,
-              options: Mapping[str, Mapping[str, str]] | None = None, medqa: str | None = None,
-              allow_mixed: bool = False, controls_boot: int | None = None) -> "pd.DataFrame":
-    """Statistics per (model, bias, mitigation[, draw][, target mode]) as a DataFrame (SUMMARY_COLUMNS).
+              allow_mixed: bool = False, controls_boot: int | None = None) -> Summary:
+    """Statistics per (model, bias, mitigation[, draw][, target mode]) as a `Summary`.
 
-    Accepts run folders, frames from `load_run`, or a `Scored` from `prepare`. `attrs` carries
-    the convention, n_boot, seed and the notes (demo set, dropped duplicates, ...), and
-    `model_controls`: one dict per (model, mitigation) of model-level control figures
-    (`biasmed.controls.MODEL_CONTROL_COLUMNS`), bootstrapped `controls_boot` times (default n_boot).
+    Accepts run folders, frames from `load_run`, or a `Scored` from `prepare`. `table` has
+    SUMMARY_COLUMNS; `model_controls` one dict per (model, mitigation) of model-level control
+    figures (`biasmed.analysis.controls.MODEL_CONTROL_COLUMNS`), bootstrapped `controls_boot`
+    times (default n_boot); `notes` what happened on the way (demo set, dropped duplicates, ...).
     """
     import pandas as pd
 
-    from biasmed.controls import model_rows
+    from biasmed.analysis.controls import model_rows
 
-    sc = runs_or_frames if isinstance(runs_or_frames, Scored) else prepare(
-        runs_or_frames, convention, options, medqa, allow_mixed)
+    sc = runs_or_frames if isinstance(runs_or_frames, Scored) else prepare(runs_or_frames, convention, allow_mixed)
     cboot = n_boot if controls_boot is None else controls_boot
     rows: list[dict[str, Any]] = []
     model_controls: list[dict[str, Any]] = []
@@ -358,11 +331,10 @@ def summarize(runs_or_frames: RunLike | Sequence[RunLike] | Scored, convention: 
     out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     out = _holm_by_family(out)
     out = out.sort_values(["model", "mitigation", "draw", "bias", "target_mode"], key=_order_key).reset_index(drop=True)
-    out.attrs.update({"convention": sc.convention, "n_boot": n_boot, "seed": seed, "notes": list(sc.notes),
-                      "runs": [r.get("path") for r in sc.runs],
-                      "is_demo": bool(sc.frame["is_demo"].any()) if len(sc.frame) else False,
-                      "controls_boot": cboot, "model_controls": model_controls})
-    return out
+    return Summary(table=out, main=main_rows(out), model_controls=model_controls, samples=sc.frame,
+                   convention=sc.convention, notes=list(sc.notes), runs=list(sc.runs),
+                   is_demo=bool(sc.frame["is_demo"].any()) if len(sc.frame) else False,
+                   n_boot=n_boot, seed=seed, controls_boot=cboot)
 
 
 def main_rows(summary: "pd.DataFrame") -> "pd.DataFrame":
@@ -406,8 +378,8 @@ def _model_rows(model: str, mdf: "pd.DataFrame", convention: str, n_boot: int,
                 seed: int) -> tuple[dict[CondKey, Cond], list[dict[str, Any]]]:
     import numpy as np
 
-    from biasmed import stats
-    from biasmed.controls import fill_columns
+    from biasmed.analysis import stats
+    from biasmed.analysis.controls import fill_columns
 
     live = mdf[~mdf["failed"]]
     qcodes, quniq = (live["question_id"].factorize() if len(live) else (np.array([], dtype=int), []))
@@ -464,8 +436,8 @@ def _paired_columns(row: dict[str, Any], conds: Mapping[CondKey, Cond],
                     n_boot: int, seed: int) -> None:
     import numpy as np
 
-    from biasmed import stats
-    from biasmed.controls import BASE
+    from biasmed.analysis import stats
+    from biasmed.analysis.controls import BASE
 
     bias, mit, draw, tm = row["bias"], row["mitigation"], row["draw"], row["target_mode"]
     rk = _rng_keys(row)
@@ -517,7 +489,7 @@ def _holm_by_family(out: "pd.DataFrame") -> "pd.DataFrame":
     (helpful-bias rows), so adding a control never changes a bias's adjusted p-value. The
     placebo and helpful-bias comparisons of the biases are adjusted across the biases too.
     """
-    from biasmed.stats import holm
+    from biasmed.analysis.stats import holm
 
     if out.empty:
         return out

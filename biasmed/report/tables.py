@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biasmed.records import BIASES, MITIGATIONS, NONE, V2_BIASES
-from biasmed.report_controls import (
+from biasmed.report.controls import (
     LEADERBOARD_CONTROL_COLUMNS,
     control_markdown,
     control_tables,
@@ -88,7 +88,7 @@ def _p(x: Any) -> str:
 
 def _main(summary: "pd.DataFrame") -> "pd.DataFrame":
     """The default draw and the wrong-letter target mode (controls have their own sections)."""
-    from biasmed.analysis import main_rows
+    from biasmed.analysis.summary import main_rows
 
     return main_rows(summary)
 
@@ -317,7 +317,7 @@ def write_report(summary: "pd.DataFrame", out_dir: str | os.PathLike[str], plots
     written = [write_csv(summary, out / "summary.csv")]
     pngs: list[Path] = []
     if plots and len(summary):
-        from biasmed.plots import write_plots
+        from biasmed.report.plots import write_plots
 
         pngs = write_plots(summary, out)
     md = out / "report.md"

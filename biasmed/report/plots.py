@@ -48,7 +48,7 @@ def _subtitle(summary: "pd.DataFrame") -> str:
 
 def _main(summary: "pd.DataFrame") -> "pd.DataFrame":
     """The default draw and the wrong-letter target mode (see analysis.main_rows)."""
-    from biasmed.analysis import main_rows
+    from biasmed.analysis.summary import main_rows
 
     return main_rows(summary)
 
@@ -259,7 +259,7 @@ def write_plots(summary: "pd.DataFrame", out_dir: str | os.PathLike[str]) -> lis
     for model in models:
         if (summary[summary["model"] == model]["bias"] != NONE).any():
             paths.append(plot_adoption(summary, model, out / f"adoption_{slug(model)}.png"))
-    from biasmed.report_controls import has_controls
+    from biasmed.report.controls import has_controls
 
     for model in models:
         if any(has_controls(summary, model).values()):
