@@ -11,12 +11,17 @@ import json
 import os
 import platform
 import tempfile
+import types
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Union, get_args, get_origin, get_type_hints
 
+from biasmed import _json
 from biasmed._version import __version__
+from biasmed.errors import DataError, EnvironmentFailure, InputError
+from biasmed.records import Sample
 
 SAMPLES = "samples.jsonl"
 RUN_JSON = "run.json"
@@ -62,8 +67,23 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+def _line_start(f: BinaryIO, end: int, block: int = 1 << 20) -> int:
+    """Offset just past the last b"\\n" before `end` (0 if there is none): the start of the line
+    that ends at `end`, however long it is."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - block)
+        f.seek(start)
+        cut = f.read(pos - start).rfind(b"\n")
+        if cut >= 0:
+            return start + cut + 1
+        pos = start
+    return 0
+
+
 def repair_jsonl(path: str | os.PathLike[str]) -> int:
-    """Drop a torn last line (no trailing newline, or not valid JSON). Returns bytes dropped."""
+    """Drop a torn final fragment: bytes after the last newline, or a last line that is not valid
+    JSON. Every complete line before it is kept, whatever its size. Returns the bytes dropped."""
     path = Path(path)
     if not path.exists():
         return 0
@@ -71,20 +91,18 @@ def repair_jsonl(path: str | os.PathLike[str]) -> int:
     if size == 0:
         return 0
     with open(path, "rb+") as f:
-        # a line is at most a few hundred kB; read back until the previous newline
-        block = min(size, 1 << 22)
-        f.seek(size - block)
-        tail = f.read(block)
-        keep = size
-        if not tail.endswith(b"\n"):
-            cut = tail.rfind(b"\n")
-            keep = size - block + cut + 1 if cut >= 0 else 0
+        f.seek(size - 1)
+        if f.read(1) != b"\n":
+            keep = _line_start(f, size)  # a writer killed mid-line: no newline yet
         else:
-            last = tail[:-1].rsplit(b"\n", 1)[-1]
+            keep = start = _line_start(f, size - 1)
+            f.seek(start)
+            last = f.read(size - 1 - start)
             try:
                 json.loads(last)
-            except ValueError:
-                keep = size - len(last) - 1
+                keep = size
+            except (ValueError, RecursionError):
+                pass
         if keep != size:
             f.truncate(keep)
             f.flush()
@@ -104,7 +122,11 @@ class SamplesWriter:
         self._fsync_every = fsync_every
 
     def append(self, record: Mapping[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        text = json.dumps(record, ensure_ascii=False) + "\n"
+        try:
+            line = text.encode("utf-8")
+        except UnicodeEncodeError:  # a reply with a lone surrogate: U+FFFD keeps the line UTF-8
+            line = _json.scrub(text).encode("utf-8")
         # one write call per line: with O_APPEND the line lands whole or (killed mid-call) torn last
         written = os.write(self._fd, line)
         while written < len(line):
@@ -120,7 +142,7 @@ class SamplesWriter:
             os.close(self._fd)
             self._fd = -1
 
-    def __enter__(self) -> "SamplesWriter":
+    def __enter__(self) -> SamplesWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,7 +150,13 @@ class SamplesWriter:
 
 
 def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
-    """Records of a JSONL file; a torn last line (a killed writer) is skipped, others raise."""
+    """Records of a JSONL file; a torn last line (a killed writer) is skipped. Any other bad line
+    is a DataError naming it (not JSON, not UTF-8, nested too deep, not an object)."""
+    return (rec for _, rec in iter_jsonl_numbered(path))
+
+
+def iter_jsonl_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) pairs of `iter_jsonl`."""
     path = Path(path)
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")
@@ -137,21 +165,55 @@ def iter_jsonl(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
         if not raw.strip():
             continue
         try:
-            yield json.loads(raw)
-        except ValueError:
+            rec = _json.loads(raw, str(path), i + 1, surrogates="replace")
+        except DataError:
             if torn_tail and i == len(lines) - 1:
                 return
-            raise ValueError(f"{path}:{i + 1}: line: not valid JSON") from None
+            raise
+        if not isinstance(rec, dict):
+            raise DataError(path, i + 1, "line", f"expected a JSON object, got {_json_type(rec)}")
+        yield i + 1, rec
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "true/false",
+            int: "a number", float: "a number"}.get(type(value), "null")
+
+
+def _runtime_types(tp: Any) -> tuple[type, ...]:
+    """The JSON-decoded Python types a Sample annotation admits (None is always admitted)."""
+    if tp is Any:
+        return (object,)
+    if get_origin(tp) in (Union, types.UnionType):
+        return tuple(t for a in get_args(tp) for t in _runtime_types(a))
+    if tp is float:
+        return (int, float)
+    return (get_origin(tp) or tp,)
+
+
+@lru_cache(maxsize=1)
+def _sample_types() -> dict[str, tuple[type, ...]]:
+    return {k: _runtime_types(t) + (type(None),) for k, t in get_type_hints(Sample).items()}
+
+
+def check_sample(rec: Mapping[str, Any], path: str | os.PathLike[str], line: int) -> None:
+    """Raise DataError if a field of a sample line has a JSON type its Sample field cannot hold."""
+    for k, allowed in _sample_types().items():
+        v = rec.get(k)
+        if not isinstance(v, allowed):
+            raise DataError(path, line, k, f"{_json_type(v)} where a sample has "
+                            f"{' or '.join(sorted({t.__name__ for t in allowed} - {'NoneType'}))}")
 
 
 def read_samples(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Samples of a run, first occurrence of each sample_id kept."""
+    """Samples of a run, first occurrence of each sample_id kept; a bad line is a DataError."""
     path = Path(run_dir) / SAMPLES
     if not path.exists():
         raise FileNotFoundError(f"{path}: no samples file (is this a biasmed run folder?)")
     seen: set[str] = set()
     out = []
-    for rec in iter_jsonl(path):
+    for n, rec in iter_jsonl_numbered(path):
+        check_sample(rec, path, n)
         sid = rec.get("sample_id")
         if sid in seen:
             continue
@@ -164,14 +226,25 @@ def done_ids(run_dir: str | os.PathLike[str]) -> set[str]:
     path = Path(run_dir) / SAMPLES
     if not path.exists():
         return set()
-    return {rec["sample_id"] for rec in iter_jsonl(path) if "sample_id" in rec}
+    return {rec["sample_id"] for rec in iter_jsonl(path) if isinstance(rec.get("sample_id"), str)}
 
 
 def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """run.json as a dict ({} when there is none); a damaged one is a DataError."""
     path = Path(run_dir) / RUN_JSON
     if not path.exists():
         return {}
-    return json.loads(path.read_text("utf-8"))
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(path, 0, "file", e.strerror or str(e)) from None
+    meta = _json.loads(raw, str(path), 1, "run.json", surrogates="replace")
+    if not isinstance(meta, dict):
+        raise DataError(path, 1, "run.json", f"expected a JSON object, got {_json_type(meta)}")
+    for key in ("dataset", "totals"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise DataError(path, 1, key, f"expected a JSON object, got {_json_type(meta[key])}")
+    return meta
 
 
 def new_run_meta(kind: str, **fields: Any) -> dict[str, Any]:
@@ -182,3 +255,114 @@ def new_run_meta(kind: str, **fields: Any) -> dict[str, Any]:
         "environment": environment(),
         **fields,
     }
+
+
+LOCK = ".lock"
+
+
+class FolderLocked(InputError):
+    """Another live process holds the run folder's lock (exit 2: pick another --out or wait)."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def _describe(holder: Mapping[str, Any]) -> str:
+    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
+            f"started {holder.get('started', '?')}")
+
+
+class RunLock:
+    """The one-writer lock of a run folder: `flock` on `<out>/.lock`, held for the whole run.
+
+    A second writer fails at once with `FolderLocked` naming the holder (pid, host, start time,
+    written into the file by the holder). The kernel drops a flock when its holder dies (kill -9
+    included), so a lock left by a dead process is simply taken over; `took_over` then describes
+    the dead holder. The file stays (unlinking a lock file races with a process opening it); a
+    clean release empties it. Readers (`report`) never take the lock.
+    """
+
+    def __init__(self, out: str | os.PathLike[str]):
+        self.out = Path(out)
+        self.path = self.out / LOCK
+        self._fd = -1
+        self.took_over: str | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+        import socket
+
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError as e:
+            raise InputError(f"{self.path}: cannot create the run lock ({e.strerror}); "
+                             "pick a writable --out") from None
+        except (FileExistsError, NotADirectoryError):
+            raise InputError(f"{self.out}: not a folder (a file is in the way); pick another --out") from None
+        except OSError as e:
+            raise EnvironmentFailure(f"{self.path}: cannot create the run lock ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            who = _describe(holder) if holder else "another process"
+            if holder.get("pid") and holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"]):
+                who += " (no longer running: a child process of it still holds the lock)"
+            raise FolderLocked(f"{self.out}: another biasmed run is writing this folder ({who}); "
+                               "wait for it to finish or use another --out") from None
+        except OSError as e:  # a filesystem without flock (some network mounts)
+            os.close(fd)
+            raise EnvironmentFailure(f"{self.path}: cannot lock the run folder ({e.strerror}); "
+                                     "use an --out on a local disk") from None
+        old = _read_holder(fd)
+        if old:  # emptied on a clean release: what is left was written by a holder that died
+            self.took_over = _describe(old)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": now_iso()}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        except OSError as e:
+            os.close(fd)
+            raise EnvironmentFailure(f"{self.path}: cannot write the run lock ({e.strerror})") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            os.ftruncate(self._fd, 0)  # empty = released cleanly (a full disk cannot stop this)
+        except OSError:
+            pass
+        os.close(self._fd)  # closing the last descriptor drops the flock
+        self._fd = -1
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    """What the holder wrote into the lock file ({} when empty; {"pid": "?"} when unreadable)."""
+    try:
+        raw = os.pread(fd, 4096, 0)
+    except OSError:
+        return {"pid": "?"}
+    if not raw.strip():
+        return {}
+    try:
+        holder = json.loads(raw)
+    except ValueError:  # the holder was killed while writing it
+        return {"pid": "?"}
+    return holder if isinstance(holder, dict) else {"pid": "?"}
