@@ -1,4 +1,4 @@
-"""Packed ternary weights and the int8 x ternary kernels (PyTorch reference and Triton).
+"""Packed ternary weights and the int8 x ternary kernels (PyTorch reference, native CPU, Triton).
 
 The Triton kernel runs on CPU tensors under ``TRITON_INTERPRET=1`` (set below, before triton is
 first imported), on small shapes so the interpreter stays quick.
@@ -14,13 +14,22 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import
 
 torch = pytest.importorskip("torch")
 
+from biasmed.ternary import native  # noqa: E402
 from biasmed.ternary.kernels import (  # noqa: E402
+    bitlinear,
     resolve_backend,
     ternary_linear,
     ternary_matmul,
     ternary_matmul_reference,
 )
-from biasmed.ternary.packing import PackedTernary, pack_ternary, pack_weight, unpack_ternary  # noqa: E402
+from biasmed.ternary.packing import (  # noqa: E402
+    LAYOUTS,
+    PackedTernary,
+    pack_ternary,
+    pack_weight,
+    repack,
+    unpack_ternary,
+)
 from biasmed.ternary.quant import (  # noqa: E402
     bitlinear_latent,
     fake_quantize_activations,
@@ -97,7 +106,9 @@ def test_dispatcher_shapes_and_backend_choice(monkeypatch: pytest.MonkeyPatch) -
     x_q, _, w = _case(6, 64, 40, seed=2)
     x3 = x_q.reshape(2, 3, 64)
     assert torch.equal(ternary_matmul(x3, w), _exact(x_q, w).reshape(2, 3, 40))
-    assert resolve_backend("auto", torch.device("cpu")) == "reference"
+    on_cpu = "native" if native.available() else "reference"
+    assert resolve_backend("auto", torch.device("cpu")) == on_cpu
+    assert resolve_backend("native", torch.device("meta")) == "reference"  # native is CPU only
     monkeypatch.setenv("BIASMED_TERNARY_BACKEND", "triton")
     assert resolve_backend("auto", torch.device("cpu")) == "triton"
     assert resolve_backend("reference", torch.device("cpu")) == "reference"
@@ -117,6 +128,95 @@ def test_bitlinear_paths_agree_with_published_fake_quant() -> None:
     assert torch.equal(packed, bitlinear_latent(x, weight))  # exact integer sums both ways
     published = torch.nn.functional.linear(fake_quantize_activations(x), fake_quantize_weight(weight))
     torch.testing.assert_close(packed, published, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 7, 130, 253, 256, 300, 1030])
+def test_block256_layout_roundtrip(k: int) -> None:
+    gen = torch.Generator().manual_seed(k)
+    trits = torch.randint(-1, 2, (5, k), generator=gen, dtype=torch.int8)
+    for layout in LAYOUTS:
+        data = pack_ternary(trits, layout)
+        assert data.shape == (5, (k + 3) // 4)  # same bytes in both layouts
+        assert torch.equal(unpack_ternary(data, k, layout), trits)
+    w = PackedTernary(pack_ternary(trits), torch.tensor(0.5), k, 5)
+    blocked = repack(w, "block256")
+    assert blocked.layout == "block256" and torch.equal(blocked.unpack(), trits)
+    assert torch.equal(repack(blocked, "quarter").data, w.data)
+    if k >= 256:  # documented: byte j of block 0 holds column 64 i + j at bits 2i
+        for col in (0, 1, 63, 64, 130, 255):
+            i, j = divmod(col, 64)
+            assert torch.equal(((blocked.data[:, j].long() >> (2 * i)) & 3) - 1, trits[:, col].long())
+
+
+# --------------------------------------------------------------------------- native CPU kernel
+
+# (K, N): odd and even sizes, with and without whole 256-column blocks and a tail
+NATIVE_SHAPES = [(1, 1), (7, 5), (130, 17), (253, 33), (256, 96), (300, 7), (1030, 9), (2816, 11)]
+NATIVE_BATCHES = [1, 2, 3, 5, 8, 17, 64]
+
+
+@pytest.fixture(scope="module")
+def native_kernel() -> native.NativeKernel:
+    kernel = native.load()
+    if kernel is None:
+        pytest.skip("the native ternary kernel cannot be built here (no C++ compiler or not x86-64)")
+    return kernel
+
+
+def _isas(kernel: native.NativeKernel) -> list[native.NativeKernel]:
+    """The kernel at each instruction set this CPU runs (the scalar one always)."""
+    return [native.NativeKernel(kernel.lib, isa, kernel.path) for isa in range(kernel.isa + 1)]
+
+
+@pytest.mark.parametrize("shape", NATIVE_SHAPES)
+def test_native_kernel_is_exact(native_kernel: native.NativeKernel, shape: tuple[int, int]) -> None:
+    k, n = shape
+    gen = torch.Generator().manual_seed(k * 131 + n)
+    w = pack_weight(torch.randn(n, k, generator=gen))
+    blocked = repack(w, "block256")
+    for kernel in _isas(native_kernel):
+        for m in NATIVE_BATCHES:
+            x_q = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+            x_q[0, : min(k, 3)] = -128  # the extremes of both operands
+            got = kernel.gemm_i8(x_q, blocked)
+            assert got.dtype == torch.int32
+            assert torch.equal(got, ternary_matmul_reference(x_q, w)), (kernel.isa_name, m, k, n)
+            x = torch.randn(m, k, generator=gen) * 3
+            x_q, x_scale = quantize_activations(x)
+            want = ternary_linear(x_q, x_scale, w, backend="reference")
+            assert torch.equal(kernel.linear_f32(x, blocked), want), (kernel.isa_name, m, k, n)
+
+
+def test_native_kernel_per_row_scales_and_dispatch(native_kernel: native.NativeKernel) -> None:
+    gen = torch.Generator().manual_seed(9)
+    w = pack_weight(torch.randn(24, 300, generator=gen))
+    rows = PackedTernary(w.data, torch.rand(24, generator=gen) + 0.5, 300, 24)  # one scale per row
+    x = torch.randn(2, 3, 300, generator=gen)
+    for weight in (w, rows):
+        want = bitlinear(x, weight, backend="reference")
+        assert torch.equal(bitlinear(x, weight, backend="native"), want)  # repacked on the fly
+        assert torch.equal(bitlinear(x, repack(weight, "block256"), backend="native"), want)
+    assert torch.equal(ternary_matmul(x.sign().to(torch.int8), repack(w, "block256"), backend="native"),
+                       ternary_matmul(x.sign().to(torch.int8), w, backend="reference"))
+
+
+def test_without_a_compiler_the_reference_runs_after_one_warning(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("BIASMED_CACHE_DIR", str(tmp_path / "cache"))  # no cached build to fall back on
+    native.load.cache_clear()
+    try:
+        x_q, _, w = _case(3, 130, 17, seed=10)
+        assert resolve_backend("auto", torch.device("cpu")) == "reference"
+        assert torch.equal(ternary_matmul(x_q, w), _exact(x_q, w))
+        assert torch.equal(ternary_matmul(x_q, w, backend="native"), _exact(x_q, w))
+        assert not native.available()
+        lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("biasmed: warning: native ternary kernel unavailable")
+        assert "no-such-compiler" in lines[0] and "reference" in lines[0]
+    finally:
+        native.load.cache_clear()  # the next user builds (or finds) the real kernel again
 
 
 # --------------------------------------------------------------------------- Triton kernel

@@ -44,9 +44,9 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from biasmed.ternary.kernels import ternary_linear
-from biasmed.ternary.packing import PackedTernary, pack_weight
-from biasmed.ternary.quant import bitlinear_latent, compute_dtype, quantize_activations, rms_norm
+from biasmed.ternary.kernels import bitlinear, layout_for
+from biasmed.ternary.packing import PackedTernary, pack_weight, repack
+from biasmed.ternary.quant import compute_dtype, rms_norm
 
 BITLINEAR_NORM_EPS = 1e-6  # the fused public kernel's default, used for every BitLinear
 
@@ -115,7 +115,15 @@ class RMSNorm(nn.Module):
 
 
 class BitLinear(nn.Module):
-    """Ternary linear layer (no bias) with its own input RMSNorm (``norm.weight``)."""
+    """Ternary linear layer (no bias) with its own input RMSNorm (``norm.weight``).
+
+    Both paths run the same packed kernel (exact, so they agree bit for bit): after
+    :meth:`to_ternary` the layer holds only the packed weight; before it (the latent path,
+    ``packed=False``) it ternarizes its latent weight once, on the first forward after the weight
+    last changed, and keeps that packed copy beside it, so inference never re-quantizes weights.
+    The packed bytes are kept in the layout the chosen backend reads (``block256`` for the native
+    CPU kernel, ``quarter`` otherwise), repacked once whenever backend or device change.
+    """
 
     def __init__(self, in_features: int, out_features: int, norm_eps: float = BITLINEAR_NORM_EPS) -> None:
         super().__init__()
@@ -125,29 +133,49 @@ class BitLinear(nn.Module):
         self.norm = RMSNorm(in_features, eps=norm_eps)
         self.backend = "auto"
         self.is_packed = False
+        self.packed_layout = "quarter"
+        self._latent_cache: tuple[tuple[Any, ...], PackedTernary] | None = None
 
     def to_ternary(self) -> None:
         """Replace the latent weight by 2-bit packed trits plus one float32 scale (idempotent)."""
         if self.is_packed:
             return
-        packed = pack_weight(self.weight.detach())
+        layout = layout_for(self.backend, self.weight.device)
+        packed = pack_weight(self.weight.detach(), layout)
         del self.weight  # drop the latent copy: the packed bytes are all that stays in memory
+        self._latent_cache = None
         self.register_buffer("packed_weight", packed.data, persistent=False)
         self.register_buffer("weight_scale", packed.scale, persistent=False)
+        self.packed_layout = layout
         self.is_packed = True
 
     def packed(self) -> PackedTernary:
         """The packed weight (after :meth:`to_ternary`)."""
         if not self.is_packed:
             raise RuntimeError("BitLinear.packed() needs to_ternary() first")
-        return PackedTernary(self.packed_weight, self.weight_scale, self.in_features, self.out_features)
+        return PackedTernary(
+            self.packed_weight, self.weight_scale, self.in_features, self.out_features, self.packed_layout
+        )
+
+    def _kernel_weight(self) -> PackedTernary:
+        """The packed weight in the layout the backend reads (repacked once when that changes)."""
+        if self.is_packed:
+            want = layout_for(self.backend, self.packed_weight.device)
+            if want != self.packed_layout:
+                w = repack(self.packed(), want)
+                self.packed_weight, self.packed_layout = w.data, want
+            return self.packed()
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, self.backend)
+        if self._latent_cache is None or self._latent_cache[0] != key:
+            with torch.no_grad():
+                packed = pack_weight(weight.detach(), layout_for(self.backend, weight.device))
+            self._latent_cache = (key, packed)
+        return self._latent_cache[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
-        if self.is_packed:
-            x_q, x_scale = quantize_activations(x)
-            return ternary_linear(x_q, x_scale, self.packed(), self.backend).to(x.dtype)
-        return bitlinear_latent(x, self.weight)
+        return bitlinear(x, self._kernel_weight(), self.backend).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed={self.is_packed}"

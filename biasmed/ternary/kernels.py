@@ -2,16 +2,22 @@
 
 ``ternary_matmul(x_q, w)`` returns the exact int32 product ``x_q @ trits(w)^T``;
 ``ternary_linear(x_q, x_scale, w)`` returns the dequantized output
-``(x_q @ trits^T) * (w.scale / x_scale)``, i.e. the BitLinear output.
+``(x_q @ trits^T) * (w.scale / x_scale)``, i.e. the BitLinear output;
+``bitlinear(x, w)`` does the same from the float activations (quantization included: fused into
+the native kernel, which then never materialises the int8 activations in PyTorch).
 
 Backends:
 
 * ``"reference"`` (this module): unpacks at most ``chunk_bytes`` of weights at a time to codes
   ``c = trit + 1`` and accumulates ``x @ c^T - sum(x)`` in int32 with ``torch._int_mm``;
+* ``"native"`` (:mod:`biasmed.ternary.native`): the C++ CPU kernel (AVX-512 VNNI / AVX2 /
+  scalar), built on first use; weights in the ``"block256"`` layout;
 * ``"triton"`` (:mod:`biasmed.ternary.triton_kernel`): reads the packed bytes directly;
-* ``"auto"``: Triton for CUDA tensors when triton imports, else the reference.
+* ``"auto"``: Triton for CUDA tensors when triton imports; native for CPU tensors when it builds
+  here; else the reference.  All are exact, so they give the same results bit for bit.
 
-The environment variable ``BIASMED_TERNARY_BACKEND`` overrides ``"auto"``.
+The environment variable ``BIASMED_TERNARY_BACKEND`` overrides ``"auto"``.  A weight in the other
+layout than its backend wants is repacked on the fly (correct but slow: models repack at load).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import os
 
 import torch
 
-from biasmed.ternary.packing import PackedTernary, unpack_codes
-from biasmed.ternary.quant import dequantize_output
+from biasmed.ternary import native
+from biasmed.ternary.packing import PackedTernary, repack, unpack_codes
+from biasmed.ternary.quant import dequantize_output, quantize_activations
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "native", "triton")
+_LAYOUT = {"reference": None, "native": native.LAYOUT, "triton": "quarter"}  # None: any layout
 _DEFAULT_CHUNK_BYTES = 8 << 20  # unpacked int8 weight bytes per reference step
 
 
@@ -53,7 +61,7 @@ def ternary_matmul_reference(
     rows = max(1, chunk_bytes // max(1, 4 * kq))
     for n0 in range(0, w.out_features, rows):
         block = w.data[n0 : n0 + rows]
-        out[:, n0 : n0 + block.shape[0]] = _int_matmul(x_pad, unpack_codes(block))
+        out[:, n0 : n0 + block.shape[0]] = _int_matmul(x_pad, unpack_codes(block, w.layout))
     return out.sub_(x_sum)
 
 
@@ -75,14 +83,32 @@ def triton_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turn ``"auto"`` (or the env override) into ``"reference"`` or ``"triton"``."""
+    """Turn ``"auto"`` (or the env override) into ``"reference"``, ``"native"`` or ``"triton"``.
+
+    ``"native"`` off CPU, or where the kernel cannot be built (one warning said why), becomes
+    ``"reference"``.
+    """
     if backend == "auto":
         backend = os.environ.get("BIASMED_TERNARY_BACKEND", "auto") or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"unknown ternary backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "reference"
+        if device.type == "cuda" and triton_available():
+            return "triton"
+        backend = "native" if device.type == "cpu" else "reference"
+    if backend == "native" and (device.type != "cpu" or not native.available()):
+        return "reference"
     return backend
+
+
+def layout_for(backend: str, device: torch.device) -> str:
+    """The packed layout the resolved backend reads without repacking."""
+    return _LAYOUT[resolve_backend(backend, device)] or "quarter"
+
+
+def _as_layout(w: PackedTernary, backend: str) -> PackedTernary:
+    want = _LAYOUT[backend]
+    return w if want is None or w.layout == want else repack(w, want)
 
 
 def _flatten(x_q: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -93,10 +119,15 @@ def _flatten(x_q: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
 def ternary_matmul(x_q: torch.Tensor, w: PackedTernary, backend: str = "auto") -> torch.Tensor:
     """Exact int32 ``x_q [..., K] @ trits(w)^T`` -> ``[..., N]``."""
     x2, lead = _flatten(x_q)
-    if resolve_backend(backend, x2.device) == "triton":
+    chosen = resolve_backend(backend, x2.device)
+    w = _as_layout(w, chosen)
+    if chosen == "triton":
         from biasmed.ternary.triton_kernel import ternary_matmul_triton
 
         out = ternary_matmul_triton(x2, w)
+    elif chosen == "native":
+        _check(x2, w)
+        out = native.load().gemm_i8(x2, w)
     else:
         out = ternary_matmul_reference(x2, w)
     return out.reshape(*lead, w.out_features)
@@ -110,10 +141,31 @@ def ternary_linear(
     float32 (float64 on the reference path when ``x_scale`` is float64)."""
     x2, lead = _flatten(x_q)
     s2 = x_scale.reshape(-1, 1)
-    if resolve_backend(backend, x2.device) == "triton":
+    chosen = resolve_backend(backend, x2.device)
+    w = _as_layout(w, chosen)
+    if chosen == "triton" and w.scale.dim() == 0:
         from biasmed.ternary.triton_kernel import ternary_linear_triton
 
         out = ternary_linear_triton(x2, s2, w)
     else:
-        out = dequantize_output(ternary_matmul_reference(x2, w), s2, w.scale)
+        out = dequantize_output(ternary_matmul(x2, w, chosen), s2, w.scale)
     return out.reshape(*lead, w.out_features)
+
+
+def bitlinear(x: torch.Tensor, w: PackedTernary, backend: str = "auto") -> torch.Tensor:
+    """BitLinear from already normalised float activations ``x [..., K]``: per-token int8
+    quantization, the exact integer product, the float epilogue.  ``w.scale``: a scalar, or one
+    value per output row.  float32 output (float64 for float64 ``x`` on the reference path).
+
+    On the native backend a float32 ``x`` goes to the kernel as it is: quantization, product and
+    epilogue run in one call, with the same float32 operations as the PyTorch path.
+    """
+    chosen = resolve_backend(backend, x.device)
+    if chosen == "native" and x.dtype == torch.float32:
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        out = native.load().linear_f32(x2, _as_layout(w, chosen))
+        return out.reshape(*x.shape[:-1], w.out_features)
+    x_q, x_scale = quantize_activations(x)
+    return ternary_linear(x_q, x_scale, w, chosen)

@@ -1,0 +1,431 @@
+"""C++ source of the native CPU kernel (:mod:`biasmed.ternary.native` compiles it on first use).
+
+Kept in a Python module so that it ships with the package whatever the install method.
+"""
+
+SOURCE = r"""// Packed ternary weights x int8 activations on x86-64 CPUs, exact int32 accumulation.
+//
+// Weight layout ("block256", see biasmed/ternary/packing.py): each row of K columns takes
+// Kq = ceil(K/4) bytes. The first F = floor(Kq/64) 64-byte blocks hold 256 columns each:
+// bits 2i..2i+1 of byte j of block b hold the code (trit + 1) of column 256b + 64i + j. The
+// remaining T = Kq - 64F bytes hold the tail the same way with stride T instead of 64.
+// So one 64-byte load and four shift+mask steps give the codes of four contiguous runs of 64
+// columns, ready for byte dot products against contiguous activations, with no shuffles.
+//
+// Codes are unsigned (0..2), activations signed: x . trits = x . codes - sum(x), which is the
+// shape the u8 x s8 instructions want (VNNI vpdpbusd, AVX2 vpmaddubsw + vpmaddwd).
+// Every ISA variant is compiled into this one library with target attributes; bt_isa() picks
+// one at run time from cpuid, so the same build works on any x86-64 CPU.
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int64_t i64;
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define T256 __attribute__((target("avx2")))
+
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512VNNI = 2 };
+enum { NR = 4 };  // weight rows per strip
+
+extern "C" int bt_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vnni"))
+        return ISA_AVX512VNNI;
+    if (__builtin_cpu_supports("avx2")) return ISA_AVX2;
+    return ISA_SCALAR;
+}
+
+struct Shape {
+    i64 kq;    // bytes per weight row
+    i64 full;  // 64-byte blocks per row
+    i64 tail;  // tail bytes per row
+    i64 kpad;  // padded columns: 256 * full + 4 * tail
+};
+
+static Shape shape_of(i64 k) {
+    Shape s;
+    s.kq = (k + 3) / 4;
+    s.full = s.kq / 64;  // from the byte count alone, so the Python side agrees without K
+    s.tail = s.kq - 64 * s.full;
+    s.kpad = 256 * s.full + 4 * s.tail;
+    return s;
+}
+
+// Codes of one row in natural column order (padded to kpad).
+static inline void decode_row(const uint8_t* row, const Shape& s, uint8_t* codes) {
+    for (i64 b = 0; b < s.full; ++b)
+        for (int i = 0; i < 4; ++i)
+            for (int j = 0; j < 64; ++j) codes[256 * b + 64 * i + j] = (row[64 * b + j] >> (2 * i)) & 3;
+    const uint8_t* t = row + 64 * s.full;
+    uint8_t* c = codes + 256 * s.full;
+    for (int i = 0; i < 4; ++i)
+        for (i64 j = 0; j < s.tail; ++j) c[s.tail * i + j] = (t[j] >> (2 * i)) & 3;
+}
+
+// Scalar dot of codes and activations over columns [from, to).
+static inline int32_t dot_scalar(const uint8_t* c, const int8_t* x, i64 from, i64 to) {
+    int32_t acc = 0;
+    for (i64 k = from; k < to; ++k) acc += (int32_t)c[k] * (int32_t)x[k];
+    return acc;
+}
+
+// Tail of one row straight from the packed bytes (no decode buffer).
+static inline int32_t tail_dot(const uint8_t* row, const Shape& s, const int8_t* x) {
+    const uint8_t* t = row + 64 * s.full;
+    const int8_t* xt = x + 256 * s.full;
+    int32_t acc = 0;
+    for (int i = 0; i < 4; ++i)
+        for (i64 j = 0; j < s.tail; ++j) acc += (int32_t)((t[j] >> (2 * i)) & 3) * (int32_t)xt[s.tail * i + j];
+    return acc;
+}
+
+// ------------------------------------------------------------------------------ scalar
+static void gemm_scalar(const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n0, i64 n1,
+                        const Shape& s, int32_t* out, i64 ldo, uint8_t* codes) {
+    for (i64 n = n0; n < n1; ++n) {
+        decode_row(w + n * s.kq, s, codes);
+        for (i64 r = 0; r < m; ++r) out[r * ldo + n] = dot_scalar(codes, x + r * s.kpad, 0, s.kpad) - xsum[r];
+    }
+}
+
+// ------------------------------------------------------------------------------ AVX2
+T256 static inline int32_t hsum256(__m256i v) {
+    __m128i a = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0x4E));
+    a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0xB1));
+    return _mm_cvtsi128_si32(a);
+}
+
+// acc += codes (u8) . x (s8), 32 byte pairs summed into 8 int32 lanes.
+T256 static inline __m256i dot256(__m256i acc, __m256i c, __m256i x) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(c, x), ones));
+}
+
+T256 static void gemv_avx2(const int8_t* x, int32_t xsum, const uint8_t* w, i64 n0, i64 n1, const Shape& s,
+                           int32_t* out) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    i64 n = n0;
+    for (; n + NR <= n1; n += NR) {
+        __m256i acc[NR];
+        for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_si256();
+        for (i64 b = 0; b < s.full; ++b) {
+            for (int h = 0; h < 2; ++h) {
+                const int8_t* xb = x + 256 * b + 32 * h;
+                __m256i x0 = _mm256_loadu_si256((const __m256i*)(xb));
+                __m256i x1 = _mm256_loadu_si256((const __m256i*)(xb + 64));
+                __m256i x2 = _mm256_loadu_si256((const __m256i*)(xb + 128));
+                __m256i x3 = _mm256_loadu_si256((const __m256i*)(xb + 192));
+                for (int r = 0; r < NR; ++r) {
+                    __m256i v = _mm256_loadu_si256((const __m256i*)(w + (n + r) * s.kq + 64 * b + 32 * h));
+                    acc[r] = dot256(acc[r], _mm256_and_si256(v, m3), x0);
+                    acc[r] = dot256(acc[r], _mm256_and_si256(_mm256_srli_epi16(v, 2), m3), x1);
+                    acc[r] = dot256(acc[r], _mm256_and_si256(_mm256_srli_epi16(v, 4), m3), x2);
+                    acc[r] = dot256(acc[r], _mm256_and_si256(_mm256_srli_epi16(v, 6), m3), x3);
+                }
+            }
+        }
+        for (int r = 0; r < NR; ++r) out[n + r] = hsum256(acc[r]) + tail_dot(w + (n + r) * s.kq, s, x) - xsum;
+    }
+    for (; n < n1; ++n) {
+        __m256i acc = _mm256_setzero_si256();
+        const uint8_t* row = w + n * s.kq;
+        for (i64 b = 0; b < s.full; ++b)
+            for (int h = 0; h < 2; ++h) {
+                const int8_t* xb = x + 256 * b + 32 * h;
+                __m256i v = _mm256_loadu_si256((const __m256i*)(row + 64 * b + 32 * h));
+                for (int i = 0; i < 4; ++i)
+                    acc = dot256(acc, _mm256_and_si256(_mm256_srli_epi16(v, 2 * i), m3),
+                                 _mm256_loadu_si256((const __m256i*)(xb + 64 * i)));
+            }
+        out[n] = hsum256(acc) + tail_dot(row, s, x) - xsum;
+    }
+}
+
+// Batched: decode a strip of NR rows once, then MR activation rows at a time against it.
+template <int MR>
+T256 static void strip_avx2(const int8_t* x, const int32_t* xsum, i64 r0, const uint8_t* codes, int nr,
+                            i64 n, const Shape& s, int32_t* out, i64 ldo) {
+    __m256i acc[MR][NR];
+    for (int a = 0; a < MR; ++a)
+        for (int r = 0; r < NR; ++r) acc[a][r] = _mm256_setzero_si256();
+    const i64 kvec = s.kpad & ~(i64)31;
+    for (i64 k = 0; k < kvec; k += 32) {
+        __m256i xv[MR];
+        for (int a = 0; a < MR; ++a) xv[a] = _mm256_loadu_si256((const __m256i*)(x + (r0 + a) * s.kpad + k));
+        for (int r = 0; r < NR; ++r) {
+            __m256i c = _mm256_loadu_si256((const __m256i*)(codes + r * s.kpad + k));
+            for (int a = 0; a < MR; ++a) acc[a][r] = dot256(acc[a][r], c, xv[a]);
+        }
+    }
+    for (int a = 0; a < MR; ++a)
+        for (int r = 0; r < nr; ++r)
+            out[(r0 + a) * ldo + n + r] = hsum256(acc[a][r]) +
+                dot_scalar(codes + r * s.kpad, x + (r0 + a) * s.kpad, kvec, s.kpad) - xsum[r0 + a];
+}
+
+T256 static void decode_row_avx2(const uint8_t* row, const Shape& s, uint8_t* codes) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (i64 b = 0; b < s.full; ++b)
+        for (int h = 0; h < 2; ++h) {
+            __m256i v = _mm256_loadu_si256((const __m256i*)(row + 64 * b + 32 * h));
+            for (int i = 0; i < 4; ++i)
+                _mm256_storeu_si256((__m256i*)(codes + 256 * b + 64 * i + 32 * h),
+                                    _mm256_and_si256(_mm256_srli_epi16(v, 2 * i), m3));
+        }
+    const uint8_t* t = row + 64 * s.full;
+    uint8_t* c = codes + 256 * s.full;
+    for (int i = 0; i < 4; ++i)
+        for (i64 j = 0; j < s.tail; ++j) c[s.tail * i + j] = (t[j] >> (2 * i)) & 3;
+}
+
+T256 static void gemm_avx2(const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n0, i64 n1,
+                           const Shape& s, int32_t* out, i64 ldo, uint8_t* codes) {
+    if (m == 1) return gemv_avx2(x, xsum[0], w, n0, n1, s, out);
+    for (i64 n = n0; n < n1; n += NR) {
+        int nr = (int)(n1 - n < NR ? n1 - n : NR);
+        for (int r = 0; r < nr; ++r) decode_row_avx2(w + (n + r) * s.kq, s, codes + r * s.kpad);
+        for (int r = nr; r < NR; ++r) memset(codes + r * s.kpad, 0, s.kpad);
+        i64 r0 = 0;
+        for (; r0 + 2 <= m; r0 += 2) strip_avx2<2>(x, xsum, r0, codes, nr, n, s, out, ldo);
+        for (; r0 < m; ++r0) strip_avx2<1>(x, xsum, r0, codes, nr, n, s, out, ldo);
+    }
+}
+
+// ------------------------------------------------------------------------------ AVX-512 VNNI
+T512 static inline __m512i dot512(__m512i acc, __m512i c, __m512i x) { return _mm512_dpbusd_epi32(acc, c, x); }
+
+T512 static void gemv_512(const int8_t* x, int32_t xsum, const uint8_t* w, i64 n0, i64 n1, const Shape& s,
+                          int32_t* out) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    i64 n = n0;
+    for (; n + NR <= n1; n += NR) {
+        // Two accumulators per row halve the dependency chain through vpdpbusd's latency.
+        __m512i acc[NR][2];
+        for (int r = 0; r < NR; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_si512();
+        const uint8_t* rows = w + n * s.kq;
+        for (i64 b = 0; b < s.full; ++b) {
+            const int8_t* xb = x + 256 * b;
+            __m512i x0 = _mm512_loadu_si512(xb);
+            __m512i x1 = _mm512_loadu_si512(xb + 64);
+            __m512i x2 = _mm512_loadu_si512(xb + 128);
+            __m512i x3 = _mm512_loadu_si512(xb + 192);
+            for (int r = 0; r < NR; ++r) {
+                __m512i v = _mm512_loadu_si512(rows + r * s.kq + 64 * b);
+                acc[r][0] = dot512(acc[r][0], _mm512_and_si512(v, m3), x0);
+                acc[r][1] = dot512(acc[r][1], _mm512_and_si512(_mm512_srli_epi16(v, 2), m3), x1);
+                acc[r][0] = dot512(acc[r][0], _mm512_and_si512(_mm512_srli_epi16(v, 4), m3), x2);
+                acc[r][1] = dot512(acc[r][1], _mm512_and_si512(_mm512_srli_epi16(v, 6), m3), x3);
+            }
+        }
+        for (int r = 0; r < NR; ++r)
+            out[n + r] = _mm512_reduce_add_epi32(_mm512_add_epi32(acc[r][0], acc[r][1])) +
+                         tail_dot(rows + r * s.kq, s, x) - xsum;
+    }
+    for (; n < n1; ++n) {
+        __m512i acc = _mm512_setzero_si512();
+        const uint8_t* row = w + n * s.kq;
+        for (i64 b = 0; b < s.full; ++b) {
+            __m512i v = _mm512_loadu_si512(row + 64 * b);
+            for (int i = 0; i < 4; ++i)
+                acc = dot512(acc, _mm512_and_si512(_mm512_srli_epi16(v, 2 * i), m3),
+                             _mm512_loadu_si512(x + 256 * b + 64 * i));
+        }
+        out[n] = _mm512_reduce_add_epi32(acc) + tail_dot(row, s, x) - xsum;
+    }
+}
+
+template <int MR>
+T512 static void strip_512(const int8_t* x, const int32_t* xsum, i64 r0, const uint8_t* codes, int nr, i64 n,
+                           const Shape& s, int32_t* out, i64 ldo) {
+    __m512i acc[MR][NR];
+    for (int a = 0; a < MR; ++a)
+        for (int r = 0; r < NR; ++r) acc[a][r] = _mm512_setzero_si512();
+    const i64 kvec = s.kpad & ~(i64)63;
+    for (i64 k = 0; k < kvec; k += 64) {
+        __m512i xv[MR];
+        for (int a = 0; a < MR; ++a) xv[a] = _mm512_loadu_si512(x + (r0 + a) * s.kpad + k);
+        for (int r = 0; r < NR; ++r) {
+            __m512i c = _mm512_loadu_si512(codes + r * s.kpad + k);
+            for (int a = 0; a < MR; ++a) acc[a][r] = dot512(acc[a][r], c, xv[a]);
+        }
+    }
+    for (int a = 0; a < MR; ++a)
+        for (int r = 0; r < nr; ++r)
+            out[(r0 + a) * ldo + n + r] = _mm512_reduce_add_epi32(acc[a][r]) +
+                dot_scalar(codes + r * s.kpad, x + (r0 + a) * s.kpad, kvec, s.kpad) - xsum[r0 + a];
+}
+
+// decode_row with explicit byte-wise shifts (x86 has none for bytes: 16-bit shift + mask).
+T512 static void decode_row_512(const uint8_t* row, const Shape& s, uint8_t* codes) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    for (i64 b = 0; b < s.full; ++b) {
+        __m512i v = _mm512_loadu_si512(row + 64 * b);
+        for (int i = 0; i < 4; ++i)
+            _mm512_storeu_si512(codes + 256 * b + 64 * i, _mm512_and_si512(_mm512_srli_epi16(v, 2 * i), m3));
+    }
+    const uint8_t* t = row + 64 * s.full;
+    uint8_t* c = codes + 256 * s.full;
+    for (int i = 0; i < 4; ++i)
+        for (i64 j = 0; j < s.tail; ++j) c[s.tail * i + j] = (t[j] >> (2 * i)) & 3;
+}
+
+// Batched, straight from the packed bytes: two weight rows are decoded in registers per block
+// and multiplied with MR activation rows, so decoding costs 1/MR of the dot products and no
+// decoded copy of the weights is ever written.
+template <int MR>
+T512 static void pair_512(const int8_t* x, const int32_t* xsum, i64 r0, const uint8_t* w, i64 n, const Shape& s,
+                          int32_t* out, i64 ldo) {
+    const __m512i m3 = _mm512_set1_epi8(3);
+    __m512i acc[MR][2];
+    for (int a = 0; a < MR; ++a) acc[a][0] = acc[a][1] = _mm512_setzero_si512();
+    const uint8_t* row0 = w + n * s.kq;
+    const uint8_t* row1 = row0 + s.kq;
+    for (i64 b = 0; b < s.full; ++b) {
+        __m512i v0 = _mm512_loadu_si512(row0 + 64 * b);
+        __m512i v1 = _mm512_loadu_si512(row1 + 64 * b);
+        for (int i = 0; i < 4; ++i) {
+            __m512i c0 = _mm512_and_si512(_mm512_srli_epi16(v0, 2 * i), m3);
+            __m512i c1 = _mm512_and_si512(_mm512_srli_epi16(v1, 2 * i), m3);
+            for (int a = 0; a < MR; ++a) {
+                __m512i xv = _mm512_loadu_si512(x + (r0 + a) * s.kpad + 256 * b + 64 * i);
+                acc[a][0] = dot512(acc[a][0], c0, xv);
+                acc[a][1] = dot512(acc[a][1], c1, xv);
+            }
+        }
+    }
+    for (int a = 0; a < MR; ++a) {
+        const int8_t* xa = x + (r0 + a) * s.kpad;
+        out[(r0 + a) * ldo + n] = _mm512_reduce_add_epi32(acc[a][0]) + tail_dot(row0, s, xa) - xsum[r0 + a];
+        out[(r0 + a) * ldo + n + 1] = _mm512_reduce_add_epi32(acc[a][1]) + tail_dot(row1, s, xa) - xsum[r0 + a];
+    }
+}
+
+T512 static void gemm_512(const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n0, i64 n1,
+                          const Shape& s, int32_t* out, i64 ldo, uint8_t* codes) {
+    if (m == 1) return gemv_512(x, xsum[0], w, n0, n1, s, out);
+    i64 n = n0;
+    if (s.full > 0 && m < 4) {  // measured: from 4 rows on, decoding a strip once pays better
+        for (; n + 2 <= n1; n += 2) {
+            i64 r0 = 0;
+            for (; r0 + 2 <= m; r0 += 2) pair_512<2>(x, xsum, r0, w, n, s, out, ldo);
+            for (; r0 < m; ++r0) pair_512<1>(x, xsum, r0, w, n, s, out, ldo);
+        }
+    }
+    for (; n < n1; n += NR) {
+        int nr = (int)(n1 - n < NR ? n1 - n : NR);
+        for (int r = 0; r < nr; ++r) decode_row_512(w + (n + r) * s.kq, s, codes + r * s.kpad);
+        for (int r = nr; r < NR; ++r) memset(codes + r * s.kpad, 0, s.kpad);
+        i64 r0 = 0;
+        for (; r0 + 4 <= m; r0 += 4) strip_512<4>(x, xsum, r0, codes, nr, n, s, out, ldo);
+        for (; r0 < m; ++r0) strip_512<1>(x, xsum, r0, codes, nr, n, s, out, ldo);
+    }
+}
+
+// ------------------------------------------------------------------------------ driver
+static void gemm(int isa, const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n, const Shape& s,
+                 int32_t* out) {
+    uint8_t* codes = m > 1 || isa == ISA_SCALAR ? (uint8_t*)malloc(NR * s.kpad + 64) : nullptr;
+    if (isa == ISA_AVX512VNNI) gemm_512(x, m, xsum, w, 0, n, s, out, n, codes);
+    else if (isa == ISA_AVX2) gemm_avx2(x, m, xsum, w, 0, n, s, out, n, codes);
+    else gemm_scalar(x, m, xsum, w, 0, n, s, out, n, codes);
+    free(codes);
+}
+
+// Activations copied into zero-padded rows of kpad columns, with their sums.
+static void pad_rows(const int8_t* xq, i64 m, i64 k, i64 ldx, const Shape& s, int8_t* xp, int32_t* xsum) {
+    for (i64 r = 0; r < m; ++r) {
+        int32_t sum = 0;
+        for (i64 c = 0; c < k; ++c) sum += xq[r * ldx + c];
+        memcpy(xp + r * s.kpad, xq + r * ldx, k);
+        memset(xp + r * s.kpad + k, 0, s.kpad - k);
+        xsum[r] = sum;
+    }
+}
+
+// out[m, n] = xq[m, :] . trits[n, :] (int32, exact).
+extern "C" int bt_gemm_i8(int isa, const int8_t* xq, i64 m, i64 k, i64 ldx, const uint8_t* w, i64 n,
+                          int32_t* out) {
+    Shape s = shape_of(k);
+    int8_t* xp = (int8_t*)malloc(m * s.kpad + 64);
+    int32_t* xsum = (int32_t*)malloc(sizeof(int32_t) * m);
+    if (!xp || !xsum) return -1;
+    pad_rows(xq, m, k, ldx, s, xp, xsum);
+    gemm(isa, xp, m, xsum, w, n, s, out);
+    free(xp);
+    free(xsum);
+    return 0;
+}
+
+// Per-token int8 quantization exactly as biasmed.ternary.quant.quantize_activations (the same
+// float32 operations in the same order, so the same levels): scale = 127 / max(max|x|, 1e-5),
+// q = clamp(round_half_even(x * scale), -128, 127). Inlined into each ISA's wrapper below so the
+// compiler vectorises it for that ISA.
+static inline void quantize_rows(const float* x, i64 m, i64 k, i64 ldx, const Shape& s, int8_t* xp,
+                                 int32_t* xsum, float* xs) {
+    for (i64 r = 0; r < m; ++r) {
+        const float* xr = x + r * ldx;
+        float amax = 0.0f;
+        for (i64 c = 0; c < k; ++c) amax = fmaxf(amax, fabsf(xr[c]));
+        // torch evaluates 127 / t as reciprocal(t) * 127: the same two roundings here.
+        const float scale = (1.0f / fmaxf(amax, 1e-5f)) * 127.0f;
+        int8_t* q = xp + r * s.kpad;
+        int32_t sum = 0;
+        for (i64 c = 0; c < k; ++c) {
+            float v = nearbyintf(xr[c] * scale);  // default rounding mode: half to even, like torch.round
+            v = fminf(fmaxf(v, -128.0f), 127.0f);
+            q[c] = (int8_t)(int32_t)v;
+            sum += q[c];
+        }
+        memset(q + k, 0, s.kpad - k);
+        xsum[r] = sum;
+        xs[r] = scale;
+    }
+}
+
+// The BitLinear epilogue: float(acc) * (w_scale / x_scale), as dequantize_output computes it.
+static inline void dequantize(const int32_t* acc, i64 m, i64 n, const float* ws, int per_row, const float* xs,
+                              float* out) {
+    for (i64 r = 0; r < m; ++r)
+        for (i64 c = 0; c < n; ++c) out[r * n + c] = (float)acc[r * n + c] * ((per_row ? ws[c] : ws[0]) / xs[r]);
+}
+
+T512 static void quantize_512(const float* x, i64 m, i64 k, i64 ldx, const Shape& s, int8_t* xp, int32_t* xsum,
+                              float* xs) { quantize_rows(x, m, k, ldx, s, xp, xsum, xs); }
+T256 static void quantize_avx2(const float* x, i64 m, i64 k, i64 ldx, const Shape& s, int8_t* xp, int32_t* xsum,
+                               float* xs) { quantize_rows(x, m, k, ldx, s, xp, xsum, xs); }
+T512 static void dequantize_512(const int32_t* acc, i64 m, i64 n, const float* ws, int per_row, const float* xs,
+                                float* out) { dequantize(acc, m, n, ws, per_row, xs, out); }
+T256 static void dequantize_avx2(const int32_t* acc, i64 m, i64 n, const float* ws, int per_row,
+                                 const float* xs, float* out) { dequantize(acc, m, n, ws, per_row, xs, out); }
+
+// BitLinear on a float32 x [m, k] that is already normalised: quantize, exact integer product,
+// dequantize into out [m, n] (float32). w_scale holds one value, or one per output row when
+// per_row is set (vLLM's merged projections). x_scale_out (optional) receives the token scales.
+extern "C" int bt_linear_f32(int isa, const float* x, i64 m, i64 k, i64 ldx, const uint8_t* w, i64 n,
+                             const float* w_scale, int per_row, float* out, float* x_scale_out) {
+    Shape s = shape_of(k);
+    int8_t* xp = (int8_t*)malloc(m * s.kpad + 64);
+    int32_t* xsum = (int32_t*)malloc(sizeof(int32_t) * m);
+    float* xs = (float*)malloc(sizeof(float) * m);
+    int32_t* acc = (int32_t*)malloc(sizeof(int32_t) * m * n);
+    if (!xp || !xsum || !xs || !acc) return -1;
+    if (isa == ISA_AVX512VNNI) quantize_512(x, m, k, ldx, s, xp, xsum, xs);
+    else if (isa == ISA_AVX2) quantize_avx2(x, m, k, ldx, s, xp, xsum, xs);
+    else quantize_rows(x, m, k, ldx, s, xp, xsum, xs);
+    gemm(isa, xp, m, xsum, w, n, s, acc);
+    if (isa == ISA_AVX512VNNI) dequantize_512(acc, m, n, w_scale, per_row, xs, out);
+    else if (isa == ISA_AVX2) dequantize_avx2(acc, m, n, w_scale, per_row, xs, out);
+    else dequantize(acc, m, n, w_scale, per_row, xs, out);
+    if (x_scale_out) memcpy(x_scale_out, xs, sizeof(float) * m);
+    free(xp);
+    free(xsum);
+    free(xs);
+    free(acc);
+    return 0;
+}
+"""
