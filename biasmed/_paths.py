@@ -24,6 +24,14 @@ def prompts_dir() -> Path:
     return _first_existing(_REPO / "prompts", Path(sys.prefix) / "share" / "biasmed" / "prompts")
 
 
+def data_dir() -> Path:
+    """biasmed's top-level `data/` folder: the checkout, or <prefix>/share/biasmed/data (wheel)."""
+    for c in (_REPO / "data", Path(sys.prefix) / "share" / "biasmed" / "data"):
+        if (c / "prices.toml").is_file():
+            return c
+    return _REPO / "data"
+
+
 def demo_dir() -> Path:
     """Folder of the embedded demo set (original vignettes, not MedQA)."""
     return _first_existing(_REPO / "data" / "demo", Path(sys.prefix) / "share" / "biasmed" / "data" / "demo")

@@ -26,6 +26,7 @@ pytest.importorskip("transformers")
 
 from biasmed.dataset.build import build_benchmark  # noqa: E402
 from biasmed.dataset.medqa import load_demo  # noqa: E402
+from biasmed.records import ErrorKind  # noqa: E402
 from biasmed.models import smollm2 as s2  # noqa: E402
 from biasmed.models.base import FatalRunError, GenParams  # noqa: E402
 from biasmed.models.hf import encode_prompt, letter_token_ids, make_hf, render_text  # noqa: E402
@@ -211,7 +212,8 @@ def test_too_long_prompt_is_a_sample_error_not_a_crash(smollm2, prompts):
         answers = _answer(smollm2, prompts[:2], mode="logprob")
     finally:
         st.max_len = saved
-    assert all(a.error and "context too long" in a.error and a.logprobs is None for a in answers)
+    assert all(a.error_kind is ErrorKind.CONTEXT_LENGTH and "prompt tokens" in (a.error or "") and a.logprobs is None
+               for a in answers)
 
 
 # --- prompts: chat template roles, raw text, letter tokens ----------------------------------------

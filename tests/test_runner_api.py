@@ -300,7 +300,8 @@ def test_replay_answers_from_an_earlier_run(api, tmp_path):
     samples, original = ordered(samples, ps + extra), ordered(original, ps)
     assert [s["response"] for s in samples[:-1]] == [s["response"] for s in original]
     assert [s["extracted"] for s in samples[:-1]] == [s["extracted"] for s in original]
-    assert samples[-1]["error"].startswith("replay: no answer") and res.stats.errors == 1
+    assert samples[-1]["error_kind"] == "not_found" and "no answer for" in samples[-1]["error"]
+    assert res.stats.errors == 1
 
 
 # -- the CLI: dry-run, max-cost, resume checks -------------------------------------------------

@@ -172,7 +172,7 @@ def test_vllm_generate_matches_transformers(vllm_result, hf_reference):
 
 def test_vllm_too_long_prompt_is_a_sample_error(vllm_result, hf_reference):
     error, usage = vllm_result["too_long"]
-    assert error and error.startswith("context too long") and usage["input_tokens"] > 2048
+    assert error and error.startswith("context_length: ") and usage["input_tokens"] > 2048
     assert vllm_result["too_long"][1] == hf_reference["too_long"][1]
 
 

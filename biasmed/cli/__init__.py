@@ -9,6 +9,8 @@ import importlib
 
 import typer
 
+from biasmed.cli._common import setup_logging
+
 app = typer.Typer(
     name="biasmed",
     help="Measure how cognitive biases planted in clinical questions bend LLM answers (BiasMedQA).",
@@ -36,6 +38,7 @@ def _root(
     ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
+    setup_logging()
     if version:
         from biasmed import __version__
 
@@ -50,4 +53,5 @@ _register_all()
 
 
 def main() -> None:
+    setup_logging()
     app()

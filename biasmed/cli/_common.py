@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,25 +10,69 @@ from typing import NoReturn, TypeVar
 
 import typer
 
+from biasmed.errors import (
+    EXIT_INTERRUPTED,
+    BiasmedError,
+    BudgetReached,
+    RunIncomplete,
+    RunInterrupted,
+)
+
 T = TypeVar("T")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print ONE line to stderr and exit (2 = bad input, as documented)."""
-    first = str(message).strip().splitlines()[0] if str(message).strip() else "error"
+    first = escape_line(str(message)) or "error"
     typer.echo(f"biasmed: error: {first}", err=True)
     raise typer.Exit(code)
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn input errors into the one-line exit-2 form; everything else propagates."""
-    from biasmed.dataset.medqa import DataError
-
+def cli_errors() -> Iterator[None]:
+    """biasmed's own errors as one line and their exit code (biasmed.errors); Ctrl-C as 130."""
     try:
         yield
-    except DataError as e:
-        fail(str(e))
+    except (RunIncomplete, BudgetReached) as e:
+        typer.echo(f"biasmed: {escape_line(str(e))}", err=True)
+        raise typer.Exit(e.exit_code) from None
+    except RunInterrupted as e:
+        raise typer.Exit(e.exit_code) from None
+    except BiasmedError as e:
+        fail(str(e), e.exit_code)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def escape_line(text: str) -> str:
+    """The first line of `text`, as plain text (no terminal control characters)."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return "".join(ch if ch.isprintable() else "?" for ch in first)
+
+
+class _NoteHandler(logging.Handler):
+    """biasmed's log records on stderr as `biasmed: note: ...` / `biasmed: warning: ...`."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kind = "note" if record.levelno < logging.WARNING else "warning"
+        typer.echo(f"biasmed: {kind}: {escape_line(record.getMessage())}", err=True)
+
+
+def setup_logging() -> None:
+    logger = logging.getLogger("biasmed")
+    if not any(isinstance(h, _NoteHandler) for h in logger.handlers):
+        logger.addHandler(_NoteHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn input errors into the one-line exit-2 form; everything else propagates."""
+    try:
+        yield
+    except BiasmedError as e:
+        fail(str(e), e.exit_code)
     except (ValueError, KeyError, FileNotFoundError) as e:
         fail(e.args[0] if e.args else repr(e))
 

@@ -54,7 +54,7 @@ class ReplayModel(Model):
         for p in prompts:
             s = self._by_sha.get(p.sha256) or _same_question(self._by_id.get(p.sample_id), p)
             if s is None:
-                out.append(Answer.failure(ErrorKind.NOT_FOUND, f"replay: no answer for {p.sample_id} in {self.run_dir}"))
+                out.append(Answer.failure(ErrorKind.NOT_FOUND, f"no answer for {p.sample_id} in {self.run_dir}"))
                 continue
             out.append(Answer(text=s.get("response"), logprobs=s.get("logprobs"), usage=dict(s.get("usage") or {}),
                               error=s.get("error"), finish_reason=(s.get("extra") or {}).get("finish_reason"),

@@ -8,27 +8,19 @@ back to "gpt-4"). Unknown models cost 0 and are flagged, so `--max-cost` can ref
 from __future__ import annotations
 
 import os
-import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from biasmed import _paths
+
 PRICES_ENV = "BIASMED_PRICES"
-_REPO = Path(__file__).resolve().parent.parent
 # providers that run on the user's own hardware: never a price
-LOCAL_PROVIDERS = frozenset({"hf", "vllm", "smollm2", "replay", "mmfree", "spikegpt"})
-
-
-def data_dir() -> Path:
-    """biasmed's top-level `data/` folder: the checkout, or <prefix>/share/biasmed/data (wheel)."""
-    for c in (_REPO / "data", Path(sys.prefix) / "share" / "biasmed" / "data"):
-        if (c / "prices.toml").is_file():
-            return c
-    return _REPO / "data"
+LOCAL_PROVIDERS = frozenset({"hf", "vllm", "smollm2", "replay", "mmfree", "spikegpt", "python"})
 
 
 def default_prices_file() -> Path:
-    return data_dir() / "prices.toml"
+    return _paths.data_dir() / "prices.toml"
 
 
 @dataclass(frozen=True)
