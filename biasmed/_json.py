@@ -35,25 +35,28 @@ def first_problem(obj: Any, max_depth: int = MAX_DEPTH) -> tuple[str, str] | Non
     """(field, problem) for the first too-deep value or lone surrogate in `obj`, else None.
 
     Iterative, so a deep value is reported, not a RecursionError. Fields are dotted paths
-    (`options.B`, `extra.notes[3]`).
+    (`options.B`, `extra.notes[3]`), cut after a few levels (a deep path is no help).
     """
     stack: list[tuple[Any, str, int]] = [(obj, "", 0)]
     while stack:
         value, where, depth = stack.pop()
         if depth > max_depth:
-            return where or "value", f"nested deeper than {max_depth} levels"
+            return _short(where) or "value", f"nested deeper than {max_depth} levels"
         if isinstance(value, str):
             if has_surrogate(value):
-                return where or "value", "a lone surrogate (an unpaired \\ud800-\\udfff escape): not valid text"
+                return _short(where) or "value", "a lone surrogate (an unpaired \\ud800-\\udfff escape): not valid text"
         elif isinstance(value, dict):
             for k, v in value.items():
-                name = f"{where}.{k}" if where else str(k)
                 if has_surrogate(k):
-                    return where or "key", "a key with a lone surrogate: not valid text"
-                stack.append((v, name, depth + 1))
+                    return _short(where) or "key", "a key with a lone surrogate: not valid text"
+                stack.append((v, f"{where}.{k}" if where else str(k), depth + 1))
         elif isinstance(value, list):
             stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
     return None
+
+
+def _short(where: str, limit: int = 60) -> str:
+    return where if len(where) <= limit else where[: limit - 1] + "…"
 
 
 def loads(raw: bytes | str, path: str, line: int, field: str = "line", *,

@@ -31,7 +31,14 @@ class DataError(InputError):
 
     def __init__(self, path: str | os.PathLike[str], line: int, field: str, problem: str):
         self.path, self.line, self.field, self.problem = str(path), line, field, problem
-        super().__init__(f"{path}:{line}: {field}: {problem}")
+        super().__init__(one_line(f"{path}:{line}: {field}: {problem}"))
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """`text` as one printable line: control characters (newlines from a file's keys or names
+    included) escaped, and cut at `limit` characters."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return out if len(out) <= limit else out[: limit - 1] + "…"
 
 
 class FatalRunError(BiasmedError):

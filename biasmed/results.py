@@ -241,10 +241,21 @@ def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     meta = _json.loads(raw, str(path), 1, "run.json", surrogates="replace")
     if not isinstance(meta, dict):
         raise DataError(path, 1, "run.json", f"expected a JSON object, got {_json_type(meta)}")
-    for key in ("dataset", "totals"):
-        if meta.get(key) is not None and not isinstance(meta[key], dict):
-            raise DataError(path, 1, key, f"expected a JSON object, got {_json_type(meta[key])}")
+    for where, obj in (("", meta), ("dataset.", meta.get("dataset") or {})):
+        for key, allowed in _RUN_JSON_TYPES[where].items():
+            v = obj.get(key) if isinstance(obj, dict) else None
+            if v is not None and not isinstance(v, allowed):
+                raise DataError(path, 1, where + key, f"{_json_type(v)} where run.json has "
+                                f"{' or '.join(t.__name__ for t in allowed)}")
     return meta
+
+
+# the fields of run.json that readers (analysis, report, resume) use as values
+_RUN_JSON_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "": {"kind": (str,), "model": (str,), "created_at": (str,), "status": (str,), "dataset": (dict,),
+         "totals": (dict,), "invocations": (list,)},
+    "dataset.": {"source": (str,), "sha256": (str,), "is_demo": (bool,)},
+}
 
 
 def new_run_meta(kind: str, **fields: Any) -> dict[str, Any]:

@@ -10,6 +10,10 @@ Schema (version 1), documented in the README:
         demo_header: "### Example: ... anchoring.\\n"        # optional one-/few-shot header
         description: "Anchoring on an earlier lab value"    # optional
         placebo: "One of the options is {X}."               # optional placebo control sentence
+
+Every problem is one `DataError` naming the line: a key given twice at any level, a placeholder
+other than {X} (in text and placebo; none is filled in education or demo_header), a value of the
+wrong type, nesting deeper than any bias file needs, text that is not valid Unicode.
 """
 
 from __future__ import annotations
@@ -20,13 +24,18 @@ from pathlib import Path
 
 import yaml
 
+from biasmed._json import has_surrogate
 from biasmed.dataset.biases import PLACEMENTS, BiasTemplate
-from biasmed.dataset.medqa import DataError
+from biasmed.errors import DataError
 from biasmed.records import BIASES, NONE, V2_BIASES
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _FIELDS = {"name", "text", "placement", "education", "demo_header", "description", "placebo"}
 _RESERVED = set(BIASES) | set(V2_BIASES) | {NONE, "default", "all", "placebo", "custom"}
+MAX_DEPTH = 8  # a bias file is three levels deep (file > biases > entry)
+# a placeholder is {name}: the templates fill {X} (see prompts/*.toml) and nothing else
+_PLACEHOLDER = re.compile(r"\{[^{}\s]*\}")
+_FILLED = {"text": ("{X}",), "placebo": ("{X}",), "education": (), "demo_header": ()}
 
 
 def _line(node: yaml.Node) -> int:
@@ -35,8 +44,66 @@ def _line(node: yaml.Node) -> int:
 
 def _scalar(path: str, key: yaml.Node, value: yaml.Node, where: str) -> str:
     if not isinstance(value, yaml.ScalarNode) or value.tag != "tag:yaml.org,2002:str":
-        raise DataError(path, _line(value), where, "must be a string")
-    return str(value.value)
+        raise DataError(path, _line(value), where, f"must be a string, not {_kind(value)}")
+    text = str(value.value)
+    if has_surrogate(text):
+        raise DataError(path, _line(value), where, "a lone surrogate (an unpaired \\ud800-\\udfff escape): not valid text")
+    field = where.rsplit(".", 1)[-1]
+    for ph in _PLACEHOLDER.findall(text):
+        if ph not in _FILLED.get(field, ph):
+            known = " and ".join(_FILLED[field]) or "none"
+            raise DataError(path, _line(value), where, f"unknown placeholder {ph} (filled here: {known})")
+    return text
+
+
+def _kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return {"tag:yaml.org,2002:null": "null", "tag:yaml.org,2002:bool": "true/false",
+            "tag:yaml.org,2002:int": "a number", "tag:yaml.org,2002:float": "a number"}.get(node.tag, node.tag)
+
+
+def _key(path: str, node: yaml.Node, where: str) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise DataError(path, _line(node), where or "file", f"a key must be a plain name, not {_kind(node)}")
+    return str(node.value)
+
+
+def _check_depth(path: str, text: str) -> None:
+    """Refuse deep nesting from the event stream (iterative), before composing (recursive)."""
+    depth = 0
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(ev, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise DataError(path, ev.start_mark.line + 1, "yaml",
+                                f"nested deeper than {MAX_DEPTH} levels (a bias file needs 3)")
+        elif isinstance(ev, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _check_duplicate_keys(path: str, root: yaml.Node) -> None:
+    """A key given twice in any mapping, at any level: YAML would silently keep the last."""
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:  # aliases can make cycles
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    if k.value in first:
+                        raise DataError(path, _line(k), str(k.value),
+                                        f"given twice (first at line {first[k.value]})")
+                    first[k.value] = _line(k)
+                stack.extend((k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
 
 
 def _parse_entry(path: str, node: yaml.Node, index: int, seen: dict[str, int]) -> list[BiasTemplate]:
@@ -45,7 +112,7 @@ def _parse_entry(path: str, node: yaml.Node, index: int, seen: dict[str, int]) -
         raise DataError(path, _line(node), where, "must be a mapping with name and text")
     fields: dict[str, tuple[str, int]] = {}
     for k, v in node.value:
-        key = str(k.value)
+        key = _key(path, k, where)
         if key not in _FIELDS:
             raise DataError(path, _line(k), f"{where}.{key}", f"unknown field (known: {', '.join(sorted(_FIELDS))})")
         if key in fields:
@@ -84,26 +151,39 @@ def load_bias_file(path: str | Path) -> dict[str, BiasTemplate]:
     """Parse and validate one bias YAML file; raise DataError (`path:line: field: problem`)."""
     p = str(path)
     try:
-        text = Path(path).read_text("utf-8")
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise DataError(p, 0, "file", "does not exist") from None
-    except UnicodeDecodeError:
-        raise DataError(p, 1, "file", "not UTF-8 text") from None
+    except OSError as e:
+        raise DataError(p, 0, "file", f"cannot read ({e.strerror})") from None
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(p, line, "file", f"not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    try:
+        _check_depth(p, text)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
-        raise DataError(p, line, "yaml", str(getattr(e, "problem", None) or "not valid YAML")) from None
+        raise DataError(p, line, "yaml", str(e.problem or e.context or "not valid YAML")) from None
+    except yaml.reader.ReaderError as e:  # a character YAML does not allow (NUL, other controls)
+        line = text.count("\n", 0, e.position) + 1
+        raise DataError(p, line, "yaml", f"character #x{e.character:04x} is not allowed in YAML"
+                        if isinstance(e.character, int) else "not valid YAML text") from None
+    except yaml.YAMLError as e:
+        raise DataError(p, 1, "yaml", str(e).splitlines()[0] if str(e) else "not valid YAML") from None
     if root is None:
         raise DataError(p, 1, "file", "empty: expected a mapping with a 'biases' list")
     if not isinstance(root, yaml.MappingNode):
         raise DataError(p, _line(root), "file", "expected a mapping with a 'biases' list")
-    top = {str(k.value): (k, v) for k, v in root.value}
+    _check_duplicate_keys(p, root)
+    top = {_key(p, k, ""): (k, v) for k, v in root.value}
     for key, (knode, _) in top.items():
         if key not in ("biases", "schema"):
             raise DataError(p, _line(knode), key, "unknown top-level field (expected 'biases', optional 'schema')")
-    if "schema" in top and str(top["schema"][1].value) != "1":
+    if "schema" in top and (not isinstance(top["schema"][1], yaml.ScalarNode) or str(top["schema"][1].value) != "1"):
         raise DataError(p, _line(top["schema"][1]), "schema", "only schema 1 is supported")
     if "biases" not in top:
         raise DataError(p, 1, "biases", "missing")

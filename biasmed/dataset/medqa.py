@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biasmed.errors import DataError
+from biasmed import _json
 from biasmed._paths import demo_dir
+from biasmed.errors import DataError
 from biasmed.records import Question
 
 MEDQA_ENV = "BIASMED_MEDQA_DIR"
@@ -105,10 +106,14 @@ def validate_record(obj: Any, path: str, line: int, split: str, index: int) -> Q
     if "answer_idx" not in obj:
         raise DataError(path, line, "answer_idx", "missing")
     idx = obj["answer_idx"]
+    if not isinstance(idx, str):
+        raise DataError(path, line, "answer_idx", f"must be a letter string, got {type(idx).__name__}")
     if idx not in options:
         raise DataError(path, line, "answer_idx", f"{idx!r} is not one of the options {','.join(letters)}")
     if "answer" not in obj:
         raise DataError(path, line, "answer", "missing")
+    if not isinstance(obj["answer"], str):
+        raise DataError(path, line, "answer", f"must be a string, got {type(obj['answer']).__name__}")
     if obj["answer"] != options[idx]:
         raise DataError(path, line, "answer", f"does not equal the text of option {idx}")
     meta = obj.get("meta_info", "")
@@ -140,18 +145,13 @@ def parse_jsonl(data: bytes, path: str, split: str) -> tuple[Question, ...]:
             raise DataError(path, line, "line", f"{len(raw)} bytes, over the {MAX_LINE_BYTES}-byte limit")
         if raw.endswith(b"\r"):
             raw = raw[:-1]
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DataError(path, line, "line", f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
-        if not text.strip():
+        if not raw.strip():
             raise DataError(path, line, "line", "empty line inside the file")
         try:
-            obj = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+            # not UTF-8, not JSON, nested too deep, a lone surrogate: each one DataError
+            obj = _json.loads(raw, path, line, object_pairs_hook=_no_duplicate_keys)
         except _DuplicateKey as e:
             raise DataError(path, line, e.key if len(e.key) > 1 else f"options.{e.key}", "duplicate key") from None
-        except json.JSONDecodeError as e:
-            raise DataError(path, line, "line", f"not valid JSON ({e.msg} at column {e.colno})") from None
         out.append(validate_record(obj, path, line, split, i))
     return tuple(out)
 
@@ -202,7 +202,10 @@ def load_medqa(
             raise DataError(MEDQA_ENV, 0, "path", "no MedQA path given: pass --medqa PATH or set BIASMED_MEDQA_DIR")
         path = env
     file = _resolve_file(Path(path), split, n_options)
-    data = file.read_bytes()
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise DataError(file, 0, "file", f"cannot read ({e.strerror})") from None
     qs = parse_jsonl(data, str(file), _split_of(file, split))
     _check_same_option_count(qs, str(file))
     # absolute, so a report run from another folder can find the options again
