@@ -18,11 +18,11 @@ from scipy.stats import binomtest
 from typer.testing import CliRunner
 
 from biasmed.analysis import stats
-from biasmed.analysis.summary import SUMMARY_COLUMNS, main_rows, summarize
-from biasmed.cli import app
 from biasmed.analysis.controls import CONTROL_COLUMNS, MODEL_CONTROL_COLUMNS
-from biasmed.report.tables import LEADERBOARD_COLUMNS, leaderboard, leaderboard_markdown, report_markdown
-from biasmed.report.controls import LEADERBOARD_CONTROL_COLUMNS
+from biasmed.analysis.leaderboard import LEADERBOARD_COLUMNS, LEADERBOARD_CONTROL_COLUMNS
+from biasmed.analysis.summary import SUMMARY_COLUMNS, Summary, main_rows, summarize
+from biasmed.cli import app
+from biasmed.report.tables import leaderboard_markdown, report_markdown
 
 N = 20
 LETTERS = "ABCDE"
@@ -110,7 +110,8 @@ def runs(tmp_path: Path) -> list[Path]:
     return [main_run(tmp_path), helpful_run(tmp_path)]
 
 
-def row(s: pd.DataFrame, bias: str, draw: int = 0, mode: str = "incorrect") -> pd.Series:
+def row(summary: Summary, bias: str, draw: int = 0, mode: str = "incorrect") -> pd.Series:
+    s = summary.table
     r = s[(s["bias"] == bias) & (s["draw"] == draw) & (s["target_mode"] == ("" if bias == "none" else mode))]
     assert len(r) == 1
     return r.iloc[0]
@@ -118,7 +119,8 @@ def row(s: pd.DataFrame, bias: str, draw: int = 0, mode: str = "incorrect") -> p
 
 def test_columns_are_additions(runs: list[Path]) -> None:
     s = summarize(runs, n_boot=200, seed=1)
-    assert list(s.columns) == list(SUMMARY_COLUMNS)
+    assert list(s.table.columns) == list(SUMMARY_COLUMNS)
+    assert list(s.leaderboard.columns) == list(LEADERBOARD_COLUMNS)
     assert list(SUMMARY_COLUMNS[-len(CONTROL_COLUMNS):]) == list(CONTROL_COLUMNS)
     assert list(LEADERBOARD_COLUMNS[-len(LEADERBOARD_CONTROL_COLUMNS):]) == list(LEADERBOARD_CONTROL_COLUMNS)
     # the stable columns keep their order (results/README.md); the control columns come after them
@@ -135,10 +137,11 @@ def test_helpful_run_pairs_with_the_main_run(runs: list[Path]) -> None:
     # same sample ids in both runs: the correct-target samples are kept, the repeated unbiased ones dropped
     assert row(s, "none")["n"] == N
     assert row(s, "recency", mode="correct")["accuracy"] == pytest.approx(0.8)
-    assert any("unbiased samples repeated" in n for n in s.attrs["notes"])
-    assert not any(" biased samples repeated" in n for n in s.attrs["notes"])
+    assert any("unbiased samples repeated" in n for n in s.notes)
+    assert not any(" biased samples repeated" in n for n in s.notes)
     # the main tables keep the wrong-letter rows only
-    main = main_rows(s)
+    main = s.main
+    pd.testing.assert_frame_equal(main, main_rows(s.table))
     assert set(main["target_mode"]) == {"", "incorrect"} and set(main["draw"]) == {0}
 
 
@@ -170,8 +173,9 @@ def test_placebo_is_not_a_bias_in_the_aggregates(runs: list[Path]) -> None:
     assert pl["p_holm"] == pytest.approx(pl["p_mcnemar"])
     # nor are the helpful rows (another target mode)
     hr = row(s, "recency", mode="correct")
-    assert hr["p_holm"] == pytest.approx(stats.holm([hr["p_mcnemar"], row(s, "frequency", mode="correct")["p_mcnemar"]])[0])
-    lb = leaderboard(s)
+    hf = row(s, "frequency", mode="correct")
+    assert hr["p_holm"] == pytest.approx(stats.holm([hr["p_mcnemar"], hf["p_mcnemar"]])[0])
+    lb = s.leaderboard
     assert len(lb) == 1
     r = lb.iloc[0]
     assert r["n_biases"] == 2 and r["mean_biased_acc"] == pytest.approx((0.3 + 0.4) / 2)
@@ -193,7 +197,7 @@ def test_helpful_gain_and_susceptibility(runs: list[Path]) -> None:
     # frequency never takes its planted letter, which 2 unbiased answers (12, 13) had: (-.1 + .1) / 2
     assert freq["susceptibility"] == pytest.approx(0.0)
     assert rec["susceptibility_lo"] <= 0.3 <= rec["susceptibility_hi"]
-    (mc,) = [m for m in s.attrs["model_controls"] if m["mitigation"] == "none"]
+    (mc,) = [m for m in s.model_controls if m["mitigation"] == "none"]
     assert set(mc) == set(MODEL_CONTROL_COLUMNS)
     assert mc["susceptibility"] == pytest.approx(0.15) and mc["susceptibility_n"] == N
     assert (mc["follow_wrong"], mc["follow_right"]) == (pytest.approx(0.15), pytest.approx(0.15))
@@ -231,26 +235,28 @@ def test_spread_across_draws(runs: list[Path]) -> None:
     assert (rec["acc_draws_lo"], rec["acc_draws_hi"]) == (pytest.approx(ref.lo), pytest.approx(ref.hi))
     assert row(s, "recency", 1)["drop"] == pytest.approx(0.2)  # each draw pairs with the one unbiased condition
     assert row(s, "none")["n_draws"] == 1 and row(s, "placebo_recency")["n_draws"] == 1
-    lb = leaderboard(s).iloc[0]
+    lb = s.leaderboard.iloc[0]
     # mean biased accuracy per draw: .35, .40, .40
     assert lb["n_draws"] == 3 and lb["mean_biased_acc_draws"] == pytest.approx(1.15 / 3)
     assert lb["mean_biased_acc_draws_sd"] == pytest.approx(np.std([0.35, 0.4, 0.4], ddof=1))
-    assert (lb["mean_biased_acc_draws_min"], lb["mean_biased_acc_draws_max"]) == (pytest.approx(0.35), pytest.approx(0.4))
+    assert lb["mean_biased_acc_draws_min"] == pytest.approx(0.35)
+    assert lb["mean_biased_acc_draws_max"] == pytest.approx(0.4)
     assert lb["mean_biased_acc_draws_lo"] < 1.15 / 3 < lb["mean_biased_acc_draws_hi"]
 
 
 def test_leaderboard_and_report_show_each_control(runs: list[Path], tmp_path: Path) -> None:
     s = summarize(runs, n_boot=500, seed=0)
-    lb = leaderboard(s).iloc[0]
+    lb = s.leaderboard.iloc[0]
     assert (lb["n_placebo"], lb["mean_placebo_diff"], lb["n_placebo_significant"]) == (1, pytest.approx(0.25), 0)
     assert lb["mean_placebo_adoption_diff"] == pytest.approx(0.4)
     assert (lb["n_helpful"], lb["mean_helpful_gain"], lb["n_helpful_significant"]) == (2, pytest.approx(0.15), 0)
     assert lb["susceptibility"] == pytest.approx(0.15) and lb["susceptibility_lo"] < lb["susceptibility_hi"]
-    md = leaderboard_markdown(leaderboard(s))
+    md = leaderboard_markdown(s)
     assert "## Controls" in md and "| ctl/model | none | 0.250 [" in md
     rep = report_markdown(s)
     for head in ("### Placebo control", "### Helpful-bias control", "**susceptibility index 0.150 [",
-                 "### Variance over target draws", "| recency | none | incorrect | 3 | 0.300, 0.400, 0.500 | 0.400 | 0.100 |"):
+                 "### Variance over target draws",
+                 "| recency | none | incorrect | 3 | 0.300, 0.400, 0.500 | 0.400 | 0.100 |"):
         assert head in rep, head
     out = tmp_path / "rep"
     res = CliRunner().invoke(app, ["report", *map(str, runs), "--out", str(out), "--n-boot", "300"])
@@ -282,8 +288,9 @@ def test_controls_figure_shows_the_numbers(runs: list[Path]) -> None:
 def test_no_controls_no_sections(tmp_path: Path) -> None:
     run = write_run(tmp_path / "plain", unbiased() + [sample(i, "recency", gold(i)) for i in range(N)])
     s = summarize(run, n_boot=0)
-    assert "### Placebo control" not in report_markdown(s) and "## Controls" not in leaderboard_markdown(leaderboard(s))
-    lb = leaderboard(s).iloc[0]
+    assert "### Placebo control" not in report_markdown(s) and "## Controls" not in leaderboard_markdown(s)
+    assert s.has_controls == {MODEL: {"placebo": False, "helpful": False, "draws": False}} and s.controls.empty
+    lb = s.leaderboard.iloc[0]
     assert (lb["n_placebo"], lb["n_helpful"], lb["n_draws"]) == (0, 0, 1) and math.isnan(lb["susceptibility"])
 
 
@@ -397,7 +404,8 @@ def test_run_with_placebo_and_correct_targets_end_to_end(medqa_dir: Path, tmp_pa
     main, helpful = tmp_path / "main.jsonl", tmp_path / "helpful.jsonl"
     common = ["build", "--medqa", str(medqa_dir), "--limit", "6"]
     assert run_cli(*common, "--biases", "recency,frequency,placebo", "--draws", "2", "--out", main).exit_code == 0
-    assert run_cli(*common, "--biases", "recency,frequency", "--target-mode", "correct", "--out", helpful).exit_code == 0
+    res = run_cli(*common, "--biases", "recency,frequency", "--target-mode", "correct", "--out", helpful)
+    assert res.exit_code == 0
     prompts = read_benchmark_file(main) + read_benchmark_file(helpful)
     planted: dict[str, set[str]] = {}
     for p in prompts:  # the wrong letters the statistics compare unbiased answers with
@@ -412,8 +420,8 @@ def test_run_with_placebo_and_correct_targets_end_to_end(medqa_dir: Path, tmp_pa
     for p in prompts:
         it = p.item
         follows = it.bias == "recency"  # takes recency's planted letter, right or wrong
-        reply = it.target if follows else (it.question.answer_idx if it.bias == "frequency" and it.target_mode != "correct"
-                                           else unbiased_reply[it.question.id])
+        right = it.bias == "frequency" and it.target_mode != "correct"
+        reply = it.target if follows else (it.question.answer_idx if right else unbiased_reply[it.question.id])
         api.answers[p.sha256] = reply
     _run(api, main, tmp_path / "run-main")
     _run(api, helpful, tmp_path / "run-helpful")

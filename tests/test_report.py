@@ -14,9 +14,10 @@ from scipy.stats import binomtest
 from typer.testing import CliRunner
 
 from biasmed.analysis import stats
-from biasmed.analysis.summary import SUMMARY_COLUMNS, load_run, prepare, summarize
+from biasmed.analysis.leaderboard import LEADERBOARD_COLUMNS
+from biasmed.analysis.summary import SUMMARY_COLUMNS, Summary, load_run, prepare, summarize
 from biasmed.cli import app
-from biasmed.report.tables import LEADERBOARD_COLUMNS, leaderboard, leaderboard_markdown
+from biasmed.report.tables import leaderboard_markdown
 
 N = 20
 LETTERS = "ABCDE"
@@ -84,8 +85,9 @@ def run(tmp_path: Path) -> Path:
     return write_run(tmp_path / "run-a", scenario())
 
 
-def row(summary: pd.DataFrame, bias: str, mit: str) -> pd.Series:
-    r = summary[(summary["bias"] == bias) & (summary["mitigation"] == mit)]
+def row(summary: Summary, bias: str, mit: str) -> pd.Series:
+    t = summary.table
+    r = t[(t["bias"] == bias) & (t["mitigation"] == mit)]
     assert len(r) == 1
     return r.iloc[0]
 
@@ -106,8 +108,8 @@ def test_load_run_missing_folder(tmp_path: Path) -> None:
 
 def test_hand_computed_figures(run: Path) -> None:
     s = summarize(run, n_boot=2000, seed=1)
-    assert list(s.columns) == list(SUMMARY_COLUMNS)
-    assert s.attrs["convention"] == "robust" and set(s["convention"]) == {"robust"}
+    assert list(s.table.columns) == list(SUMMARY_COLUMNS)
+    assert s.convention == "robust" and set(s.table["convention"]) == {"robust"}
     base = row(s, "none", "none")
     assert (base["n"], base["correct"], base["accuracy"]) == (20, 12, 0.6)
     lo, hi = stats.wilson_ci(12, 20)
@@ -147,8 +149,8 @@ def test_bootstrap_is_seeded(run: Path) -> None:
     b = summarize(sc, n_boot=500, seed=3)
     c = summarize(sc, n_boot=500, seed=4)
     cols = ["drop_lo", "drop_hi", "adoption_lo"]
-    pd.testing.assert_frame_equal(a[cols], b[cols])
-    assert not a[cols].equals(c[cols])
+    pd.testing.assert_frame_equal(a.table[cols], b.table[cols])
+    assert not a.table[cols].equals(c.table[cols])
 
 
 def test_conventions_differ_on_based_on(tmp_path: Path) -> None:
@@ -212,8 +214,8 @@ def test_mixed_datasets_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="different datasets"):
         summarize([a, b], n_boot=0)
     s = summarize([a, b], n_boot=0, allow_mixed=True)
-    assert set(s["model"]) == {"m1", "m2"}
-    assert any("MIXED" in n for n in s.attrs["notes"])
+    assert set(s.table["model"]) == {"m1", "m2"}
+    assert any("MIXED" in n for n in s.notes)
     res = CliRunner().invoke(app, ["leaderboard", str(a), str(b)])
     assert res.exit_code == 2
     assert "different datasets" in res.output and "--allow-mixed" in res.output
@@ -224,7 +226,7 @@ def test_repeated_samples_across_runs_dropped(tmp_path: Path) -> None:
     b = write_run(tmp_path / "b", scenario())
     s = summarize([a, b], n_boot=0)
     assert row(s, "none", "none")["n"] == N
-    assert any("repeated" in n for n in s.attrs["notes"])
+    assert any("repeated" in n for n in s.notes)
 
 
 def test_leaderboard_rows_and_order(tmp_path: Path) -> None:
@@ -235,7 +237,8 @@ def test_leaderboard_rows_and_order(tmp_path: Path) -> None:
             smp["response"] = gold(i) if i < 12 else other(i)
     a = write_run(tmp_path / "a", scenario("weak/model"), model="weak/model")
     b = write_run(tmp_path / "b", good, model="good/model")
-    lb = leaderboard(summarize([a, b], n_boot=0))
+    s = summarize([a, b], n_boot=0)
+    lb = s.leaderboard
     assert list(lb.columns) == list(LEADERBOARD_COLUMNS)
     # means: good/education .60 (recency only), good/none .55, weak/education .55, weak/none .425;
     # ties go to the higher unbiased accuracy, then the model name
@@ -247,7 +250,7 @@ def test_leaderboard_rows_and_order(tmp_path: Path) -> None:
     assert weak["worst_bias"] == "recency" and weak["worst_drop"] == pytest.approx(0.25)
     assert weak["n_biases"] == 2 and math.isnan(weak["acc_cultural"])
     assert lb["rank"].tolist() == [1, 2, 3, 4]
-    md = leaderboard_markdown(lb)
+    md = leaderboard_markdown(s)
     assert "Convention: robust" in md and "| 1 | good/model | education |" in md
 
 
@@ -314,28 +317,32 @@ def test_demo_runs_are_flagged_everywhere(tmp_path: Path) -> None:
     assert "True" in lb.output.splitlines()[1]  # the is_demo column
 
 
-def test_options_come_from_the_recorded_dataset(tmp_path: Path) -> None:
-    # a demo-set run: replies that are an option's text alone score through the option-text rule
+def test_options_come_from_the_samples(tmp_path: Path) -> None:
+    # replies that are an option's text alone score through the option-text rule: the options come from
+    # the samples themselves (schema 2); the dataset named in run.json is never read again
     from biasmed.dataset.medqa import load_demo
 
     qs = load_demo("test")
     samples = []
     for q in qs.questions[:10]:
         s = sample(int(q.id[-4:]), "none", "none", q.options[q.answer_idx] + ".", question_id=q.id,
-                   sample_id=f"{q.id}|none|none", answer_idx=q.answer_idx)
+                   sample_id=f"{q.id}|none|none", answer_idx=q.answer_idx, choices=list(q.options),
+                   options=dict(q.options), schema=2)
         samples.append(s)
-    run = write_run(tmp_path / "demo", samples, is_demo=True)
-    meta = json.loads((run / "run.json").read_text())
-    meta["dataset"].update(source="demo", sha256=qs.sha256)
-    (run / "run.json").write_text(json.dumps(meta))
+    run = write_run(tmp_path / "demo", samples, is_demo=True)  # its dataset source: nowhere.jsonl
     sc = prepare(run)
     assert set(sc.frame["s_rule"]) == {"option-text"} and sc.frame["s_correct"].all()
-    assert not any("no question options" in n for n in sc.notes)
-    # without the options the same replies are unparsed, and the report says why
-    meta["dataset"]["source"] = "elsewhere.jsonl"
-    (run / "run.json").write_text(json.dumps(meta))
-    sc = prepare(run)
-    assert not sc.frame["s_correct"].any() and any("no question options" in n for n in sc.notes)
+    # a 0.1.0 folder (no schema, no options): its stored verdicts, made WITH the options at run time
+    for smp in samples:
+        del smp["choices"], smp["options"], smp["schema"]
+        smp.update(extracted=smp["answer_idx"], rule="option-text", correct=True, nr=False)
+    sc = prepare(write_run(tmp_path / "v010", samples, is_demo=True))
+    assert set(sc.frame["s_rule"]) == {"option-text"} and sc.frame["s_correct"].all()
+    # without options or a stored verdict the same replies are not read as a letter
+    for smp in samples:
+        smp.update(extracted=None, rule=None, correct=None, nr=None)
+    sc = prepare(write_run(tmp_path / "bare", samples, is_demo=True))
+    assert not sc.frame["s_correct"].any()
 
 
 def test_leaderboard_cli_writes_csv_and_md(run: Path, tmp_path: Path) -> None:

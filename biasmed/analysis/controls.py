@@ -25,6 +25,7 @@ from biasmed.records import BIASES, MITIGATIONS, NONE
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
 PLACEBO_PREFIX = "placebo_"
 HELPFUL_MODE = "correct"  # the target mode of the helpful-bias control
@@ -44,7 +45,7 @@ CONTROL_COLUMNS: tuple[str, ...] = (
     "drop_draws", "drop_draws_lo", "drop_draws_hi",
     "adoption_diff_draws", "adoption_diff_draws_lo", "adoption_diff_draws_hi",
 )
-# the model-level figures, one row per (model, mitigation): summary.attrs["model_controls"], controls.csv
+# the model-level figures, one row per (model, mitigation): Summary.model_controls, controls.csv
 MODEL_CONTROL_COLUMNS: tuple[str, ...] = (
     "model", "mitigation", "target_mode",
     "placebo_biases", "placebo_n", "mean_placebo_diff", "mean_placebo_diff_lo", "mean_placebo_diff_hi",
@@ -65,17 +66,17 @@ def control_of(bias: str) -> str:
 class Cond:
     """One condition's per-question arrays, aligned on the model's question index."""
 
-    correct: "np.ndarray"  # float: 1/0, NaN where the question is absent
-    letter: "np.ndarray"  # int: 0..4 letter, -1 no letter, -2 absent
-    target: "np.ndarray"  # int: planted letter 0..4, -1 none, -2 absent
+    correct: np.ndarray  # float: 1/0, NaN where the question is absent
+    letter: np.ndarray  # int: 0..4 letter, -1 no letter, -2 absent
+    target: np.ndarray  # int: planted letter 0..4, -1 none, -2 absent
 
-    def present(self) -> "np.ndarray":
+    def present(self) -> np.ndarray:
         import numpy as np
 
         return ~np.isnan(self.correct)
 
 
-def follows(c: Cond, target: "np.ndarray") -> "np.ndarray":
+def follows(c: Cond, target: np.ndarray) -> np.ndarray:
     """1.0 where the answer is `target`, 0.0 where it is not (no letter counts as not), NaN where
     the question is absent from `c` or has no target."""
     import numpy as np
@@ -85,14 +86,14 @@ def follows(c: Cond, target: "np.ndarray") -> "np.ndarray":
     return out
 
 
-def susceptibility_values(wrong: Cond, right: Cond, base: Cond) -> "np.ndarray":
+def susceptibility_values(wrong: Cond, right: Cond, base: Cond) -> np.ndarray:
     """Per question: 1/2 [(follows wrong suggestion - baseline share of that letter)
     + (follows right suggestion - baseline share of that letter)]; NaN unless all three are there."""
     return 0.5 * ((follows(wrong, wrong.target) - follows(base, wrong.target))
                   + (follows(right, right.target) - follows(base, right.target)))
 
 
-def complete_mean(arrays: Sequence["np.ndarray"]) -> "np.ndarray":
+def complete_mean(arrays: Sequence[np.ndarray]) -> np.ndarray:
     """Per question, the mean over `arrays`; NaN where any of them is NaN (complete cases only)."""
     import numpy as np
 
@@ -106,7 +107,7 @@ def _rng(seed: int, model: str, *keys: object):
     return rng_for(seed, model, *keys)
 
 
-def _paired(x: "np.ndarray", y: "np.ndarray", n_boot: int, rng) -> Any:
+def _paired(x: np.ndarray, y: np.ndarray, n_boot: int, rng) -> Any:
     """paired_diff on the questions where both are present (floats 1/0/NaN); CI NaN without resamples."""
     import dataclasses
 
@@ -145,7 +146,7 @@ def fill_columns(rows: Sequence[dict[str, Any]], conds: Mapping[CondKey, Cond], 
         key = (bias, mit, draw, tm)
         if not control_of(bias):
             _placebo(r, me, conds.get((PLACEBO_PREFIX + bias, mit, draw, tm)), n_boot,
-                     lambda what: _rng(seed, model, *key, what))
+                     lambda what, key=key: _rng(seed, model, *key, what))
             if tm == "incorrect" and base is not None:
                 right = conds.get((bias, mit, draw, HELPFUL_MODE)) or conds.get((bias, mit, 0, HELPFUL_MODE))
                 if right is not None:
@@ -159,7 +160,7 @@ def fill_columns(rows: Sequence[dict[str, Any]], conds: Mapping[CondKey, Cond], 
         if draw == 0 and len(ks) >= 2 and base is not None:
             _draw_columns(r, [conds[(bias, mit, k, tm)] for k in ks],
                           [by_key[(bias, mit, k, tm)]["accuracy"] for k in ks if (bias, mit, k, tm) in by_key],
-                          base, n_boot, lambda what: _rng(seed, model, *key, what))
+                          base, n_boot, lambda what, key=key: _rng(seed, model, *key, what))
 
 
 def _placebo(r: dict[str, Any], me: Cond, pl: Cond | None, n_boot: int, rng) -> None:
@@ -216,25 +217,30 @@ def model_rows(model: str, conds: Mapping[CondKey, Cond], n_boot: int, seed: int
         row.update(model=model, mitigation=mit, target_mode=pm or "")
         core = [b for b in BIASES if pm and (b, mit, 0, pm) in conds]
 
-        def agg(group: str, value: str, biases: list[str], per_bias) -> None:
+        # the closures below run within this iteration; defaults bind its row and mitigation
+        def agg(group: str, value: str, biases: list[str], per_bias, row: dict[str, Any] = row,
+                mit: str = mit) -> None:
             row.update({f"{group}_biases": ";".join(biases), f"{group}_n": 0})
             if biases:
                 m = bootstrap_mean(complete_mean([per_bias(b) for b in biases]), n_boot,
                                    _rng(seed, model, mit, "model", group))
                 row.update({f"{group}_n": m.n, value: m.mean, f"{value}_lo": m.lo, f"{value}_hi": m.hi})
 
-        def wrong(b: str) -> "np.ndarray":  # the move to a planted wrong letter, net of its baseline share
+        # the move to a planted wrong letter, net of its baseline share
+        def wrong(b: str, mit: str = mit) -> np.ndarray:
             c = conds[(b, mit, 0, pm)]
             return follows(c, c.target) - follows(base, c.target)
 
-        def right(b: str) -> "np.ndarray":  # the move to the planted correct letter (the gain)
+        # the move to the planted correct letter (the gain)
+        def right(b: str, mit: str = mit) -> np.ndarray:
             c = conds[(b, mit, 0, HELPFUL_MODE)]
             return follows(c, c.target) - follows(base, c.target)
 
         agg("placebo", "mean_placebo_diff", [b for b in core if (PLACEBO_PREFIX + b, mit, 0, pm) in conds],
-            lambda b: conds[(PLACEBO_PREFIX + b, mit, 0, pm)].correct - conds[(b, mit, 0, pm)].correct)
+            lambda b, mit=mit: conds[(PLACEBO_PREFIX + b, mit, 0, pm)].correct - conds[(b, mit, 0, pm)].correct)
         helpful = [b for b in BIASES if (b, mit, 0, HELPFUL_MODE) in conds]
-        agg("helpful", "mean_helpful_gain", helpful, lambda b: conds[(b, mit, 0, HELPFUL_MODE)].correct - base.correct)
+        agg("helpful", "mean_helpful_gain", helpful,
+            lambda b, mit=mit: conds[(b, mit, 0, HELPFUL_MODE)].correct - base.correct)
         both = [b for b in core if pm == "incorrect" and b in helpful]
         agg("susceptibility", "susceptibility", both, lambda b: 0.5 * (wrong(b) + right(b)))
         if both:
@@ -264,3 +270,24 @@ def _model_draws(row: dict[str, Any], core: list[str], conds: Mapping[CondKey, C
     m = bootstrap_mean(complete_mean([conds[(b, mit, k, pm)].correct for b in core for k in ks]), n_boot, rng)
     row.update(draws_n=m.n, mean_biased_acc_draws=m.mean, mean_biased_acc_draws_lo=m.lo,
                mean_biased_acc_draws_hi=m.hi)
+
+
+# --------------------------------------------------------------------------- what a summary holds
+
+def controls_present(table: pd.DataFrame, model: str) -> dict[str, bool]:
+    """Which controls a model's summary rows hold: placebo, helpful, draws."""
+    m = table[table["model"] == model]
+    if m.empty or "control_of" not in m:
+        return {"placebo": False, "helpful": False, "draws": False}
+    return {"placebo": bool(m["placebo_diff"].notna().any()),
+            "helpful": bool((m["target_mode"] == HELPFUL_MODE).any()),
+            "draws": bool((m["n_draws"].fillna(1) > 1).any())}
+
+
+def controls_frame(model_controls: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """controls.csv: the model-level rows of the (model, mitigation) pairs with any control."""
+    import pandas as pd
+
+    rows = [r for r in model_controls
+            if r.get("placebo_biases") or r.get("helpful_biases") or (r.get("draws") or 0) >= 2]
+    return pd.DataFrame(rows, columns=list(MODEL_CONTROL_COLUMNS))

@@ -20,9 +20,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
-from biasmed.analysis.controls import CONTROL_COLUMNS, HELPFUL_MODE, Cond, CondKey, control_of, primary_mode
+from biasmed.analysis.controls import (
+    CONTROL_COLUMNS,
+    HELPFUL_MODE,
+    Cond,
+    CondKey,
+    control_of,
+    controls_frame,
+    controls_present,
+    primary_mode,
+)
+from biasmed.analysis.leaderboard import leaderboard_frame
+from biasmed.errors import InputError
 from biasmed.records import NONE, Sample
-from biasmed.results import read_run_json, read_samples
+from biasmed.results import RUN_JSON, SAMPLES, read_run_json, read_samples
 from biasmed.scoring import extract_paper, paper_log_counts, verdict
 
 if TYPE_CHECKING:
@@ -53,7 +64,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
 
 # --------------------------------------------------------------------------- loading
 
-def load_run(run_dir: str | os.PathLike[str]) -> "pd.DataFrame":
+def load_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """A run folder's samples as a DataFrame (one row per sample).
 
     Columns: every Sample field, plus `run`, `run_kind`, `dataset_sha256`, `dataset_source`,
@@ -65,6 +76,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> "pd.DataFrame":
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder")
+    if not (run_dir / RUN_JSON).is_file():
+        raise InputError(f"{run_dir / RUN_JSON}: missing (is {run_dir} a biasmed run folder?)")
     meta = read_run_json(run_dir)
     rows = read_samples(run_dir)
     cols = list(Sample.__dataclass_fields__)
@@ -72,7 +85,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> "pd.DataFrame":
     for i, rec in enumerate(rows):
         missing = [k for k in ("sample_id", "bias", "mitigation", "answer_idx", "model") if rec.get(k) in (None, "")]
         if missing:
-            raise ValueError(f"{run_dir / 'samples.jsonl'}: sample {i + 1}: {missing[0]}: missing")
+            raise InputError(f"{run_dir / SAMPLES}: sample {i + 1}: {missing[0]}: missing")
     ds = meta.get("dataset") or {}
     df["run"] = str(run_dir)
     df["run_kind"] = meta.get("kind", "run")
@@ -93,11 +106,19 @@ def load_run(run_dir: str | os.PathLike[str]) -> "pd.DataFrame":
     return df
 
 
-def _as_frames(runs_or_frames: RunLike | Sequence[RunLike]) -> list["pd.DataFrame"]:
+def _as_frames(runs_or_frames: RunLike | Sequence[RunLike]) -> list[pd.DataFrame]:
+    """Frames of run folders (paths, or anything with a `.path`: an EvalResult) and `load_run` frames."""
     import pandas as pd
 
     items = runs_or_frames if isinstance(runs_or_frames, (list, tuple)) else [runs_or_frames]
-    return [x if isinstance(x, pd.DataFrame) else load_run(x) for x in items]
+    if not items:
+        raise InputError("no runs given")
+    frames = [x if isinstance(x, pd.DataFrame) else load_run(getattr(x, "path", x)) for x in items]
+    for f in frames:
+        if not len(f):
+            where = f.attrs.get("run", {}).get("path")
+            raise InputError(f"{Path(where) / SAMPLES if where else 'a run frame'}: no samples (nothing to report)")
+    return frames
 
 
 # --------------------------------------------------------------------------- scoring a frame
@@ -106,7 +127,7 @@ def _as_frames(runs_or_frames: RunLike | Sequence[RunLike]) -> list["pd.DataFram
 class Scored:
     """A scored frame plus what happened on the way (surfaced in every report)."""
 
-    frame: "pd.DataFrame"
+    frame: pd.DataFrame
     convention: str
     notes: list[str] = field(default_factory=list)
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -119,10 +140,10 @@ class Summary:
     Writers (CSV, markdown, plots, HTML, leaderboard) take a Summary and compute nothing it holds.
     """
 
-    table: "pd.DataFrame"  # SUMMARY_COLUMNS: one row per (model, bias, mitigation, draw, target mode)
-    main: "pd.DataFrame"  # the rows of the main tables (`main_rows(table)`)
+    table: pd.DataFrame  # SUMMARY_COLUMNS: one row per (model, bias, mitigation, draw, target mode)
+    main: pd.DataFrame  # the rows of the main tables (`main_rows(table)`)
     model_controls: list[dict[str, Any]]  # biasmed.analysis.controls.MODEL_CONTROL_COLUMNS rows
-    samples: "pd.DataFrame"  # the scored samples (s_letter, s_correct, s_nr, ...), one row each
+    samples: pd.DataFrame  # the scored samples (s_letter, s_correct, s_nr, ...), one row each
     convention: str
     notes: list[str]
     runs: list[dict[str, Any]]  # per run folder: path, kind, model, dataset, created_at
@@ -130,10 +151,19 @@ class Summary:
     n_boot: int
     seed: int
     controls_boot: int
+    # controls.csv: the model_controls rows of the (model, mitigation) pairs that have a control
+    controls: pd.DataFrame
+    # one row per (model, mitigation), best first: biasmed.analysis.leaderboard.LEADERBOARD_COLUMNS
+    leaderboard: pd.DataFrame
+    # per model, which controls it has: {"placebo": bool, "helpful": bool, "draws": bool}
+    has_controls: dict[str, dict[str, bool]]
+    # the files `biasmed.report()` wrote from this summary (empty until then)
+    written: list[Path] = field(default_factory=list, repr=False)
 
     @property
     def models(self) -> list[str]:
-        return sorted({str(m) for m in self.table["model"]}) if len(self.table) else []
+        """The models, in the table's order."""
+        return [str(m) for m in dict.fromkeys(self.table["model"])] if len(self.table) else []
 
     def __len__(self) -> int:
         return len(self.table)
@@ -146,20 +176,20 @@ def paper_denominator(model: str, run_kind: str) -> str:
     return "total"
 
 
-def combine(frames: Sequence["pd.DataFrame"], allow_mixed: bool = False) -> tuple["pd.DataFrame", list[str]]:
+def combine(frames: Sequence[pd.DataFrame], allow_mixed: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """Concatenate runs; refuse mixed datasets unless allowed; drop repeated samples."""
     import pandas as pd
 
     notes: list[str] = []
     if not frames:
-        raise ValueError("no runs given")
+        raise InputError("no runs given")
     df = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
     hashes = sorted({h for f in frames for h in f["dataset_sha256"].dropna().unique()})
     if len(hashes) > 1:
         where = "; ".join(f"{f.attrs.get('run', {}).get('path', '?')}: {str(h)[:12]}"
                           for f in frames for h in f["dataset_sha256"].dropna().unique())
         if not allow_mixed:
-            raise ValueError(f"runs were built from different datasets ({where}); pass --allow-mixed to combine them")
+            raise InputError(f"runs were built from different datasets ({where}); pass --allow-mixed to combine them")
         notes.append(f"MIXED DATASETS combined on request (--allow-mixed): {where}")
     df = df.assign(tmode=target_modes(df))
     # a helpful-bias run (--target-mode correct) repeats the sample ids of the main run
@@ -177,14 +207,14 @@ def combine(frames: Sequence["pd.DataFrame"], allow_mixed: bool = False) -> tupl
     return df, notes
 
 
-def target_modes(df: "pd.DataFrame") -> list[str]:
+def target_modes(df: pd.DataFrame) -> list[str]:
     """Each sample's target mode: "" when unbiased, else as recorded ("incorrect" when missing)."""
     modes = df["target_mode"].tolist() if "target_mode" in df else [None] * len(df)
     return ["" if b == NONE else (m if isinstance(m, str) and m else "incorrect")
-            for b, m in zip(df["bias"].tolist(), modes)]
+            for b, m in zip(df["bias"].tolist(), modes, strict=True)]
 
 
-def _select_rows(df: "pd.DataFrame", convention: str) -> "pd.DataFrame":
+def _select_rows(df: pd.DataFrame, convention: str) -> pd.DataFrame:
     """robust: plain rows (ae copies only where no plain copy exists); paper: ae preferred per condition."""
     if "tmode" not in df:
         df = df.assign(tmode=target_modes(df))
@@ -200,12 +230,12 @@ def _select_rows(df: "pd.DataFrame", convention: str) -> "pd.DataFrame":
     return df[keep].reset_index(drop=True)
 
 
-def _strs(col: "pd.Series") -> list[str | None]:
+def _strs(col: pd.Series) -> list[str | None]:
     """A column as str-or-None (pandas turns a missing string into NaN)."""
     return [v if isinstance(v, str) else None for v in col.tolist()]
 
 
-def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION) -> "pd.DataFrame":
+def score_frame(df: pd.DataFrame, convention: str = DEFAULT_CONVENTION) -> pd.DataFrame:
     """Add the convention's per-sample score columns.
 
     s_letter, s_rule, s_correct, s_nr: the per-sample verdict (NR counts as not correct);
@@ -215,7 +245,7 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION) -> "pd
     import numpy as np
 
     if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}")
+        raise InputError(f"convention must be one of {', '.join(CONVENTIONS)}, not {convention!r}")
     # positions, not labels, index the per-row lists below
     df = _select_rows(df, convention).reset_index(drop=True)
     n = len(df)
@@ -245,7 +275,7 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION) -> "pd
         for _, grp in sub.groupby(["model", "log_file"], sort=False):
             order = grp.sort_values("log_index").index.to_numpy()
             counts = paper_log_counts((resp[i], logged[i]) for i in order)
-            for i, c in zip(order, counts):
+            for i, c in zip(order, counts, strict=True):
                 wc[i], wt[i], wn[i] = c.correct, c.total, c.nr
                 correct[i], nr[i] = c.correct > 0, c.nr > 0
                 ex = extract_paper(resp[i], _LETTERS[: nopt[i]])
@@ -274,7 +304,7 @@ def score_frame(df: "pd.DataFrame", convention: str = DEFAULT_CONVENTION) -> "pd
     df["w_total"] = wt
     df["w_nr"] = wn
     if convention == "paper":
-        df["den_mode"] = [paper_denominator(m, k) for m, k in zip(df["model"], df["run_kind"])]
+        df["den_mode"] = [paper_denominator(m, k) for m, k in zip(df["model"], df["run_kind"], strict=True)]
     else:
         df["den_mode"] = "total"
     return df
@@ -331,13 +361,17 @@ def summarize(runs_or_frames: RunLike | Sequence[RunLike] | Scored, convention: 
     out = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     out = _holm_by_family(out)
     out = out.sort_values(["model", "mitigation", "draw", "bias", "target_mode"], key=_order_key).reset_index(drop=True)
-    return Summary(table=out, main=main_rows(out), model_controls=model_controls, samples=sc.frame,
+    main = main_rows(out)
+    return Summary(table=out, main=main, model_controls=model_controls, samples=sc.frame,
                    convention=sc.convention, notes=list(sc.notes), runs=list(sc.runs),
                    is_demo=bool(sc.frame["is_demo"].any()) if len(sc.frame) else False,
-                   n_boot=n_boot, seed=seed, controls_boot=cboot)
+                   n_boot=n_boot, seed=seed, controls_boot=cboot,
+                   controls=controls_frame(model_controls),
+                   leaderboard=leaderboard_frame(out, main, model_controls, sc.convention),
+                   has_controls={str(m): controls_present(out, str(m)) for m in dict.fromkeys(out["model"])})
 
 
-def main_rows(summary: "pd.DataFrame") -> "pd.DataFrame":
+def main_rows(summary: pd.DataFrame) -> pd.DataFrame:
     """The rows of the main tables: the default draw, and per model its primary target mode
     (wrong letters planted; `random` only where no `incorrect` run was given). The helpful-bias
     rows (correct letter planted) and the re-draws are reported as controls."""
@@ -351,7 +385,7 @@ def main_rows(summary: "pd.DataFrame") -> "pd.DataFrame":
     return summary[keep]
 
 
-def _order_key(col: "pd.Series") -> "pd.Series":
+def _order_key(col: pd.Series) -> pd.Series:
     from biasmed.records import BIASES, MITIGATIONS, V2_BIASES
 
     if col.name == "bias":
@@ -367,14 +401,14 @@ def _order_key(col: "pd.Series") -> "pd.Series":
     return col
 
 
-def _letter_codes(values: Iterable[Any]) -> "np.ndarray":
+def _letter_codes(values: Iterable[Any]) -> np.ndarray:
     import numpy as np
 
     return np.array([_LETTERS.find(v) if isinstance(v, str) and len(v) == 1 else -1 for v in values],
                     dtype=np.int64)
 
 
-def _model_rows(model: str, mdf: "pd.DataFrame", convention: str, n_boot: int,
+def _model_rows(model: str, mdf: pd.DataFrame, convention: str, n_boot: int,
                 seed: int) -> tuple[dict[CondKey, Cond], list[dict[str, Any]]]:
     import numpy as np
 
@@ -482,7 +516,7 @@ def _paired_columns(row: dict[str, Any], conds: Mapping[CondKey, Cond],
             row.update(recovery=r.value, recovery_lo=r.lo, recovery_hi=r.hi)
 
 
-def _holm_by_family(out: "pd.DataFrame") -> "pd.DataFrame":
+def _holm_by_family(out: pd.DataFrame) -> pd.DataFrame:
     """Holm across the biases of one (model, mitigation, draw): the drops vs the unbiased baseline.
 
     Controls are families of their own: the placebo conditions, and each other target mode

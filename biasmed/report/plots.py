@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from biasmed.analysis.summary import Summary
 from biasmed.records import BIASES, MITIGATIONS, NONE, V2_BIASES
+from biasmed.report.format import plain
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,38 +39,36 @@ def _pyplot():
 
 
 def slug(name: str) -> str:
+    """A model or mitigation name as a file name part (run folders name them: untrusted)."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
 
 
-def _subtitle(summary: "pd.DataFrame") -> str:
-    conv = summary.attrs.get("convention", summary["convention"].iloc[0] if len(summary) else "?")
-    demo = "  |  DEMO SET, not MedQA" if bool(summary["is_demo"].any()) else ""
-    return f"convention: {conv}{demo}"
+def _subtitle(summary: Summary) -> str:
+    demo = "  |  DEMO SET, not MedQA" if summary.is_demo else ""
+    return f"convention: {summary.convention}{demo}"
 
 
-def _main(summary: "pd.DataFrame") -> "pd.DataFrame":
-    """The default draw and the wrong-letter target mode (see analysis.main_rows)."""
-    from biasmed.analysis.summary import main_rows
-
-    return main_rows(summary)
+def _label(name: str) -> str:
+    """Untrusted text in a title or label: one line, and no mathtext ($...$ would be parsed)."""
+    return plain(name).replace("$", r"\$")
 
 
-def _biases(m: "pd.DataFrame") -> list[str]:
+def _biases(m: pd.DataFrame) -> list[str]:
     present = set(m["bias"])
     return [b for b in _ORDER if b in present] + sorted(present - set(_ORDER))
 
 
-def _mitigations(m: "pd.DataFrame") -> list[str]:
+def _mitigations(m: pd.DataFrame) -> list[str]:
     present = set(m["mitigation"])
     return [x for x in MITIGATIONS if x in present] + sorted(present - set(MITIGATIONS))
 
 
-def accuracy_figure(summary: "pd.DataFrame", model: str):
+def accuracy_figure(summary: Summary, model: str):
     """Accuracy per bias (x) with one bar per mitigation and 95% Wilson CI bars."""
     import numpy as np
 
     plt = _pyplot()
-    main = _main(summary)
+    main = summary.main
     m = main[main["model"] == model]
     biases, mits = _biases(m), _mitigations(m)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(biases) + 2), 4.6))
@@ -86,14 +86,14 @@ def accuracy_figure(summary: "pd.DataFrame", model: str):
             lo.append(max(0.0, r["accuracy"] - r["acc_lo"]) if not math.isnan(r["acc_lo"]) else 0.0)
             hi.append(max(0.0, r["acc_hi"] - r["accuracy"]) if not math.isnan(r["acc_hi"]) else 0.0)
         ax.bar(x + (j - (len(mits) - 1) / 2) * width, acc, width, yerr=[lo, hi], capsize=2,
-               label=mit, error_kw={"elinewidth": 0.8})
+               label=_label(mit), error_kw={"elinewidth": 0.8})
     base = m[(m["bias"] == NONE) & (m["mitigation"] == "none")]
     if len(base):
         ax.axhline(float(base["accuracy"].iloc[0]), color="0.3", lw=0.8, ls="--", label="unbiased, no mitigation")
-    ax.set_xticks(x, [_LABELS.get(b, b) for b in biases], rotation=30, ha="right")
+    ax.set_xticks(x, [_LABELS.get(b, _label(b)) for b in biases], rotation=30, ha="right")
     ax.set_ylabel("accuracy (95% Wilson CI)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{model}: accuracy per bias and mitigation\n{_subtitle(summary)}", fontsize=10)
+    ax.set_title(f"{_label(model)}: accuracy per bias and mitigation\n{_subtitle(summary)}", fontsize=10)
     ax.legend(fontsize=8, ncol=2, loc="upper right")
     fig.tight_layout()
     return fig
@@ -106,16 +106,16 @@ def _save(fig, path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
-def plot_accuracy(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str]) -> Path:
+def plot_accuracy(summary: Summary, model: str, path: str | os.PathLike[str]) -> Path:
     return _save(accuracy_figure(summary, model), path)
 
 
-def radar_figure(summary: "pd.DataFrame", mitigation: str):
+def radar_figure(summary: Summary, mitigation: str):
     """Accuracy on each axis (unbiased + biases), one polygon per model, like the paper's figure."""
     import numpy as np
 
     plt = _pyplot()
-    main = _main(summary)
+    main = summary.main
     m = main[main["mitigation"] == mitigation]
     # the unbiased axis is always the no-mitigation baseline, as in the paper's radar charts
     axes = [b for b in _ORDER if b in set(m["bias"]) or b == NONE]
@@ -131,27 +131,27 @@ def radar_figure(summary: "pd.DataFrame", mitigation: str):
             vals.append(float(src["accuracy"].iloc[0]) if len(src) else np.nan)
         v = np.array(vals + vals[:1])
         a = np.concatenate([angles, angles[:1]])
-        ax.plot(a, v, marker="o", ms=3, lw=1.2, label=model)
+        ax.plot(a, v, marker="o", ms=3, lw=1.2, label=_label(model))
         ax.fill(a, np.nan_to_num(v), alpha=0.08)
-    ax.set_xticks(angles, [_LABELS.get(b, b) for b in axes], fontsize=8)
+    ax.set_xticks(angles, [_LABELS.get(b, _label(b)) for b in axes], fontsize=8)
     ax.tick_params(axis="x", pad=8)
     ax.set_ylim(0, 1)
-    fig.suptitle(f"Accuracy per bias, mitigation: {mitigation} (unbiased axis: no mitigation)\n"
+    fig.suptitle(f"Accuracy per bias, mitigation: {_label(mitigation)} (unbiased axis: no mitigation)\n"
                  f"{_subtitle(summary)}", fontsize=10)
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(0.74, 0.5))
     return fig
 
 
-def plot_radar(summary: "pd.DataFrame", mitigation: str, path: str | os.PathLike[str]) -> Path:
+def plot_radar(summary: Summary, mitigation: str, path: str | os.PathLike[str]) -> Path:
     return _save(radar_figure(summary, mitigation), path)
 
 
-def adoption_figure(summary: "pd.DataFrame", model: str):
+def adoption_figure(summary: Summary, model: str):
     """Adoption of the planted letter per bias (bars per mitigation) with its paired baseline (ticks)."""
     import numpy as np
 
     plt = _pyplot()
-    main = _main(summary)
+    main = summary.main
     m = main[(main["model"] == model) & (main["bias"] != NONE)]
     biases, mits = _biases(m), _mitigations(m)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.0 * len(biases) + 2), 4.6))
@@ -164,30 +164,30 @@ def adoption_figure(summary: "pd.DataFrame", model: str):
             vals.append(float(r["adoption"].iloc[0]) if len(r) else np.nan)
             base.append(float(r["adoption_base"].iloc[0]) if len(r) else np.nan)
         xs = x + (j - (len(mits) - 1) / 2) * width
-        ax.bar(xs, vals, width, label=f"{mit}")
+        ax.bar(xs, vals, width, label=_label(mit))
         ax.scatter(xs, base, marker="_", s=140, color="black", zorder=3,
                    label="baseline (same letter, unbiased answers)" if j == 0 else None)
-    ax.set_xticks(x, [_LABELS.get(b, b) for b in biases], rotation=30, ha="right")
+    ax.set_xticks(x, [_LABELS.get(b, _label(b)) for b in biases], rotation=30, ha="right")
     ax.set_ylabel("share of answers = planted letter")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{model}: adoption of the planted wrong answer\n{_subtitle(summary)}", fontsize=10)
+    ax.set_title(f"{_label(model)}: adoption of the planted wrong answer\n{_subtitle(summary)}", fontsize=10)
     ax.legend(fontsize=8, ncol=2, loc="upper right")
     fig.tight_layout()
     return fig
 
 
-def plot_adoption(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str]) -> Path:
+def plot_adoption(summary: Summary, model: str, path: str | os.PathLike[str]) -> Path:
     return _save(adoption_figure(summary, model), path)
 
 
-def controls_figure(summary: "pd.DataFrame", model: str, mitigation: str = "none"):
+def controls_figure(summary: Summary, model: str, mitigation: str = "none"):
     """Per bias, the accuracy change against the unbiased questions (paired, 95% bootstrap CIs):
     with a wrong letter planted, with the placebo sentence, with the correct letter planted;
     dots = the change in each re-draw of the wrong targets."""
     import numpy as np
 
     plt = _pyplot()
-    main = _main(summary)
+    main = summary.main
     m = main[(main["model"] == model) & (main["mitigation"] == mitigation) & (main["bias"] != NONE)
              & (main["control_of"].fillna("") == "")]
     biases = _biases(m)
@@ -206,23 +206,25 @@ def controls_figure(summary: "pd.DataFrame", model: str, mitigation: str = "none
                         [max(0.0, t[2] - t[0]) if not np.isnan(t[2]) else 0.0 for t in vals]])
         ax.bar(x + (j - 1) * width, v, width, yerr=np.nan_to_num(err), capsize=2, label=label,
                error_kw={"elinewidth": 0.8})
-    base = summary[(summary["model"] == model) & (summary["bias"] == NONE) & (summary["mitigation"] == "none")
-                   & (summary["draw"] == 0)]
+    table = summary.table
+    base = table[(table["model"] == model) & (table["bias"] == NONE) & (table["mitigation"] == "none")
+                 & (table["draw"] == 0)]
     ref = float(base["accuracy"].iloc[0]) if len(base) else float("nan")
     dots = False
     for i, b in enumerate(biases):
         if b not in by_bias.index:
             continue
-        redraws = summary[(summary["model"] == model) & (summary["bias"] == b) & (summary["mitigation"] == mitigation)
-                          & (summary["target_mode"] == by_bias.loc[b, "target_mode"])]
+        redraws = table[(table["model"] == model) & (table["bias"] == b) & (table["mitigation"] == mitigation)
+                        & (table["target_mode"] == by_bias.loc[b, "target_mode"])]
         if len(redraws) > 1:
             ax.scatter(np.full(len(redraws), x[i] - width), redraws["accuracy"].to_numpy(dtype=float) - ref, s=9,
                        color="black", zorder=3, label=None if dots else "each re-draw of the wrong letters")
             dots = True
     ax.axhline(0, color="0.3", lw=0.8)
-    ax.set_xticks(x, [_LABELS.get(b, b) for b in biases], rotation=30, ha="right")
+    ax.set_xticks(x, [_LABELS.get(b, _label(b)) for b in biases], rotation=30, ha="right")
     ax.set_ylabel("accuracy − unbiased accuracy (95% CI)")
-    ax.set_title(f"{model}: bias effect and its controls, mitigation: {mitigation}\n{_subtitle(summary)}", fontsize=10)
+    ax.set_title(f"{_label(model)}: bias effect and its controls, mitigation: {_label(mitigation)}\n"
+                 f"{_subtitle(summary)}", fontsize=10)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
@@ -232,7 +234,7 @@ def _neg(v: tuple[float, float, float]) -> tuple[float, float, float]:
     return -v[0], -v[2], -v[1]
 
 
-def _val(frame: "pd.DataFrame", bias: str, col: str) -> tuple[float, float, float]:
+def _val(frame: pd.DataFrame, bias: str, col: str) -> tuple[float, float, float]:
     nan = float("nan")
     if bias not in frame.index or col not in frame.columns:
         return nan, nan, nan
@@ -242,26 +244,25 @@ def _val(frame: "pd.DataFrame", bias: str, col: str) -> tuple[float, float, floa
     return float(r[col]), float(r[f"{col}_lo"]), float(r[f"{col}_hi"])
 
 
-def plot_controls(summary: "pd.DataFrame", model: str, path: str | os.PathLike[str], mitigation: str = "none") -> Path:
+def plot_controls(summary: Summary, model: str, path: str | os.PathLike[str], mitigation: str = "none") -> Path:
     return _save(controls_figure(summary, model, mitigation), path)
 
 
-def write_plots(summary: "pd.DataFrame", out_dir: str | os.PathLike[str]) -> list[Path]:
+def write_plots(summary: Summary, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """The PNGs of the module doc into `out_dir`; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    table = summary.table
     paths: list[Path] = []
-    models = list(dict.fromkeys(summary["model"]))
-    for model in models:
+    for model in summary.models:
         paths.append(plot_accuracy(summary, model, out / f"accuracy_{slug(model)}.png"))
-    for mit in _mitigations(summary):
-        if (summary["mitigation"] == mit).any() and (summary[summary["mitigation"] == mit]["bias"] != NONE).any():
+    for mit in _mitigations(table):
+        if (table[table["mitigation"] == mit]["bias"] != NONE).any():
             paths.append(plot_radar(summary, mit, out / f"radar_{slug(mit)}.png"))
-    for model in models:
-        if (summary[summary["model"] == model]["bias"] != NONE).any():
+    for model in summary.models:
+        if (table[table["model"] == model]["bias"] != NONE).any():
             paths.append(plot_adoption(summary, model, out / f"adoption_{slug(model)}.png"))
-    from biasmed.report.controls import has_controls
-
-    for model in models:
-        if any(has_controls(summary, model).values()):
+    for model in summary.models:
+        if any(summary.has_controls.get(model, {}).values()):
             paths.append(plot_controls(summary, model, out / f"controls_{slug(model)}.png"))
     return paths
