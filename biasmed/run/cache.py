@@ -6,12 +6,18 @@ connection per thread (WAL lets them read while someone writes); all writes of a
 through ONE writer thread with ONE connection, batched into transactions; across processes a busy
 timeout plus retries absorb the remaining lock contention, so "database is locked" never reaches
 the user.
+
+A damaged cache file (overwritten, truncated, not SQLite) is set aside, renamed
+`responses.sqlite.corrupt-<time>`, and a fresh one started, with one warning naming both; damage
+found mid-run turns the cache off for the rest of the run (one warning), never a traceback. The
+run folder, not the cache, is the record: nothing is lost, at most some answers are paid again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import queue
 import sqlite3
@@ -22,6 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from biasmed._paths import cache_root
+from biasmed.errors import EnvironmentFailure
+
+log = logging.getLogger("biasmed")
 
 KEY_VERSION = 1  # bump when the key's composition changes
 _BUSY_MS = 30_000
@@ -33,6 +42,15 @@ CREATE TABLE IF NOT EXISTS responses (
     created REAL NOT NULL
 )
 """
+
+
+_COLUMNS = ["key", "value", "model", "created"]
+# what SQLite says about a file that is not (or no longer) a sound database
+_DAMAGE = ("malformed", "not a database", "encrypted", "corrupt", "not a biasmed cache")
+
+
+def _damaged(e: BaseException) -> bool:
+    return isinstance(e, sqlite3.DatabaseError) and any(w in str(e).lower() for w in _DAMAGE)
 
 
 def default_cache_path() -> Path:
@@ -76,8 +94,33 @@ class ResponseCache:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        try:
+            self._setup()
+        except sqlite3.DatabaseError as e:
+            if not _damaged(e):
+                raise
+            self._set_aside(e)
+            self._setup()
+        self._broken: BaseException | None = None
+        self._queue: queue.Queue[tuple[str, str, str | None, float] | threading.Event | None] = queue.Queue()
+        self._window = batch_window_s
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="biasmed-cache-writer", daemon=True)
+        self._writer.start()
+        self.hits = 0
+        self.misses = 0
+
+    def _setup(self) -> None:
         setup = _connect(self.path)
         try:
+            # checks first, read-only, so a damaged file is set aside exactly as it was found
+            cols = _with_retries(lambda: [r[1] for r in setup.execute("PRAGMA table_info(responses)")])
+            if cols and cols != _COLUMNS:
+                raise sqlite3.DatabaseError(f"not a biasmed cache (table responses has columns {cols})")
+            # page-level damage (a partly overwritten file) shows only when pages are read
+            check = _with_retries(lambda: setup.execute("PRAGMA quick_check(1)").fetchone())
+            if not check or check[0] != "ok":
+                raise sqlite3.DatabaseError("database disk image is malformed (quick_check failed)")
             # WAL is a property of the file: set once, every later connection inherits it
             _with_retries(lambda: setup.execute("PRAGMA journal_mode=WAL"))
             _with_retries(lambda: setup.execute(_SCHEMA))
@@ -87,13 +130,31 @@ class ResponseCache:
             os.chmod(self.path, 0o600)  # responses may be private; the file is the user's alone
         except OSError:
             pass
-        self._queue: queue.Queue[tuple[str, str, str | None, float] | threading.Event | None] = queue.Queue()
-        self._window = batch_window_s
-        self._error: BaseException | None = None
-        self._writer = threading.Thread(target=self._write_loop, name="biasmed-cache-writer", daemon=True)
-        self._writer.start()
-        self.hits = 0
-        self.misses = 0
+
+    def _set_aside(self, e: BaseException) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):  # the journal belongs to the damaged file
+                side = Path(f"{self.path}{suffix}")
+                if side.exists():
+                    os.replace(side, Path(f"{aside}{suffix}"))
+        except FileNotFoundError:
+            pass  # another process set it aside first
+        except OSError as oe:
+            raise EnvironmentFailure(
+                f"response cache {self.path} is damaged ({e}) and cannot be set aside ({oe.strerror}): "
+                "move it away, or run with --cache-dir DIR or --no-cache") from None
+        log.warning(f"response cache {self.path} is damaged ({e}): set aside as {aside.name}, "
+                    "starting a new one (answers not in the run folder are asked again)")
+
+    def _lost(self, e: BaseException) -> None:
+        """Damage found mid-run: the cache is off for the rest of the run."""
+        if self._broken is None:
+            self._broken = e
+            log.warning(f"response cache {self.path} is damaged ({e}): continuing without it; "
+                        "the next run sets it aside and starts a new one")
 
     # -- reads (any thread) ------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -107,8 +168,17 @@ class ResponseCache:
         return conn
 
     def get(self, key: str) -> dict[str, Any] | None:
-        row = _with_retries(lambda: self._conn().execute(
-            "SELECT value FROM responses WHERE key = ?", (key,)).fetchone())
+        if self._broken is not None:
+            self.misses += 1
+            return None
+        try:
+            row = _with_retries(lambda: self._conn().execute(
+                "SELECT value FROM responses WHERE key = ?", (key,)).fetchone())
+        except sqlite3.DatabaseError as e:
+            if not _damaged(e):
+                raise
+            self._lost(e)
+            row = None
         if row is None:
             self.misses += 1
             return None
@@ -119,12 +189,20 @@ class ResponseCache:
         """Bulk lookup (hundreds of keys per query): the fast path of a resumed or repeated run."""
         keys = list(dict.fromkeys(keys))
         out: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = _with_retries(lambda: self._conn().execute(
-                f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk).fetchall())
-            out.update((k, json.loads(v)) for k, v in rows)
+        if self._broken is not None:
+            return out
+        try:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = _with_retries(lambda chunk=chunk, marks=marks: self._conn().execute(
+                    f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk).fetchall())
+                out.update((k, json.loads(v)) for k, v in rows)
+        except sqlite3.DatabaseError as e:
+            if not _damaged(e):
+                raise
+            self._lost(e)
+            return {}
         return out
 
     def __contains__(self, key: str) -> bool:
@@ -136,6 +214,8 @@ class ResponseCache:
 
     # -- writes (queued to the writer thread) ------------------------------------------------
     def put(self, key: str, value: Mapping[str, Any], model: str | None = None) -> None:
+        if self._broken is not None:
+            raise RuntimeError(f"response cache {self.path}: damaged: {self._broken}")
         if self._error is not None:
             raise RuntimeError(f"response cache {self.path}: writer failed: {self._error}")
         self._queue.put((key, json.dumps(value, ensure_ascii=False), model, time.time()))
@@ -160,7 +240,7 @@ class ResponseCache:
                     pass
             self._conns.clear()
 
-    def __enter__(self) -> "ResponseCache":
+    def __enter__(self) -> ResponseCache:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -191,7 +271,7 @@ class ResponseCache:
                     break
             if rows:
                 try:
-                    _with_retries(lambda: self._commit(conn, rows))
+                    _with_retries(lambda rows=rows: self._commit(conn, rows))
                 except BaseException as e:  # keep serving flush() so callers see the error
                     self._error = e
             for ev in events:
