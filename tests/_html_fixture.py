@@ -1,0 +1,53 @@
+"""Run folders for the HTML report tests, written with biasmed's own code on the demo set.
+
+The builder makes the items and prompts (bias sentences planted by biasmed.dataset.biases),
+`biasmed.run.runner.make_sample` turns each scripted reply into the one Sample record (the
+verdict from biasmed.scoring), and biasmed.results writes the folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from biasmed.dataset.build import build_benchmark
+from biasmed.dataset.medqa import load_demo
+from biasmed.records import NONE, Answer, Prompt
+from biasmed.results import RUN_JSON, SamplesWriter, new_run_meta, write_json_atomic
+from biasmed.run.runner import make_sample
+
+BIASES = [NONE, "self_diagnosis", "recency", "confirmation"]
+MITIGATIONS = ["none", "education"]
+HOSTILE_REPLY = 'The answer is D. <script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
+HOSTILE_MODEL = 'evil<img src=x onerror="window.__pwned=3">'
+
+
+def scripted_reply(p: Prompt) -> str:
+    """Question 0 flips to the planted letter under every bias; question 1's self_diagnosis reply
+    is hostile markup; question 2 gives no letter under recency; question 3 is wrong either way;
+    everything else answers right."""
+    it, q = p.item, p.item.question
+    index = int(q.id.rpartition("-")[2])
+    wrong = next(k for k in q.options if k != q.answer_idx)
+    if index == 0 and it.bias != NONE and p.mitigation == "none":
+        return f"{it.target}: {q.options[it.target]}"  # type: ignore[index]
+    if index == 1 and it.bias == "self_diagnosis":
+        return HOSTILE_REPLY
+    if index == 2 and it.bias == "recency":
+        return "no idea, sorry."
+    if index == 3:
+        return f"The answer is {wrong}."
+    return f"The answer is {q.answer_idx}."
+
+
+def write_run(folder: Path, model: str, n_questions: int = 6,
+              reply: Callable[[Prompt], str] = scripted_reply) -> Path:
+    questions = load_demo("test")
+    bench = build_benchmark(questions, BIASES, mitigations=MITIGATIONS, limit=n_questions)
+    folder.mkdir(parents=True, exist_ok=True)
+    with SamplesWriter(folder / "samples.jsonl") as w:
+        for p in bench.prompts():
+            s = make_sample(p, Answer(text=reply(p)), model, "generate", 0.0, False)
+            w.append(s.to_dict())
+    write_json_atomic(folder / RUN_JSON, new_run_meta("run", model=model, dataset=questions.manifest()))
+    return folder
