@@ -33,6 +33,9 @@ from biasmed.errors import (
 from biasmed.models.base import Model
 from biasmed.records import BIASES, MITIGATIONS, Answer, ErrorKind, GenParams, Item, Prompt, Question, Sample
 
+# `biasmed.report(...)` writes what `biasmed report` writes: the report package is callable
+from biasmed import report  # noqa: E402  (after the stages it builds on)
+
 __all__ = [
     "BIASES",
     "MITIGATIONS",
@@ -70,6 +73,7 @@ __all__ = [
     "load_templates",
     "make_item",
     "make_items",
+    "report",
     "summarize",
     "write_benchmark",
 ]

@@ -8,6 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from biasmed.cli._common import fail, user_errors
+from biasmed.dataset.build import build_benchmark, targets_from_run, write_benchmark
+from biasmed.dataset.prompts import parse_mitigations
+from biasmed.dataset.sources import load_sources
+from biasmed.exports._common import write_dataset_card
+from biasmed.exports.to_hf import save_hf_dataset
 
 
 def build_cmd(
@@ -27,9 +32,6 @@ def build_cmd(
     fmt: Annotated[str, typer.Option("--format", help="jsonl, or hf (also save a datasets.Dataset)")] = "jsonl",
 ) -> None:
     """Build BiasMedQA: every question unbiased and under each bias, with rendered prompts."""
-    from biasmed.dataset.build import build_benchmark, targets_from_run, write_benchmark
-    from biasmed.dataset.prompts import parse_mitigations
-    from biasmed.dataset.sources import load_sources
 
     if options not in (4, 5):
         fail("--options must be 4 or 5")
@@ -53,9 +55,7 @@ def build_cmd(
                                 limit=limit, draws=draws)
         manifest = write_benchmark(bench, out)
     if fmt == "hf":
-        from biasmed.exports.to_hf import save_hf_dataset
 
-        from biasmed.exports._common import write_dataset_card
 
         hf_dir = out.with_name(out.name.removesuffix(".jsonl") + "_hf")
         save_hf_dataset(out, hf_dir)

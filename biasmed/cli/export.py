@@ -12,6 +12,13 @@ from typing import Annotated, Any, Optional
 import typer
 
 from biasmed.cli._common import fail, split_list, user_errors
+from biasmed.dataset.build import build_benchmark, read_benchmark_file, write_benchmark
+from biasmed.dataset.prompts import parse_mitigations
+from biasmed.dataset.sources import load_sources
+from biasmed.exports._common import write_dataset_card
+from biasmed.exports.to_hf import save_hf_dataset
+from biasmed.exports.to_inspect import export_inspect
+from biasmed.exports.to_lmeval import export_lmeval
 
 TARGETS = ("lm-eval", "inspect", "hf")
 DEFAULT_ROLE = {"lm-eval": "user", "inspect": "system"}
@@ -67,13 +74,11 @@ def export_cmd(
                                       mitigations, target_mode, limit, bias_file)
             r = role or DEFAULT_ROLE[to]
             if to == "lm-eval":
-                from biasmed.exports.to_lmeval import export_lmeval
 
                 out = export_lmeval(source, dest, group=name, role=r, max_tokens=max_tokens,
                                     temperature=temperature)
                 note = f"run: lm_eval --include_path {out} --tasks {name} --model ... (prompt as {r} message)"
             else:
-                from biasmed.exports.to_inspect import export_inspect
 
                 out = export_inspect(source, dest, task_name=name, role=r, max_tokens=max_tokens,
                                      temperature=temperature)
@@ -88,11 +93,9 @@ def _source(data: Path | None, medqa: str | None, split: str | None, options: in
             mitigations: str | None, target_mode: str | None, limit: int | None,
             bias_file: list[Path] | None) -> tuple[Any, bool]:
     """The prompts to export (a Benchmark, or a filtered list from --data) and whether demo."""
-    from biasmed.dataset.prompts import parse_mitigations
 
     mits = parse_mitigations(mitigations)
     if data is not None:
-        from biasmed.dataset.build import read_benchmark_file
 
         prompts = read_benchmark_file(data, mits if mitigations else None)
         wanted = split_list(biases)
@@ -112,8 +115,6 @@ def _source(data: Path | None, medqa: str | None, split: str | None, options: in
 def _build(medqa: str | None, split: str | None, options: int | None, biases: str | None,
            template_version: str | None, seed: int | None, mits: list[str], target_mode: str | None,
            limit: int | None, bias_file: list[Path] | None) -> Any:
-    from biasmed.dataset.build import build_benchmark
-    from biasmed.dataset.sources import load_sources
 
     questions, pool, templates = load_sources(medqa, split or "test", options or 5, mits,
                                               template_version or "paper-2024", bias_file)
@@ -136,9 +137,6 @@ def _export_hf(dest: Path, data: Path | None, medqa: str | None, split: str | No
                bias_file: list[Path] | None) -> tuple[Path, str]:
     import tempfile
 
-    from biasmed.exports._common import write_dataset_card
-    from biasmed.exports.to_hf import save_hf_dataset
-    from biasmed.dataset.prompts import parse_mitigations
 
     if data is not None:
         if biases or mitigations or limit:
@@ -146,7 +144,6 @@ def _export_hf(dest: Path, data: Path | None, medqa: str | None, split: str | No
                              "questions with `biasmed build` instead")
         save_hf_dataset(data, dest)
     else:
-        from biasmed.dataset.build import write_benchmark
 
         bench = _build(medqa, split, options, biases, template_version, seed, parse_mitigations(mitigations),
                        target_mode, limit, bias_file)

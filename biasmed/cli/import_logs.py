@@ -10,6 +10,8 @@ from typing import Annotated, Optional
 import typer
 
 from biasmed.cli._common import echo_err, fail, user_errors
+from biasmed.dataset.medqa import load_medqa
+from biasmed.run.paperlogs import import_paper_logs
 
 _MAX_LISTED = 20
 
@@ -23,8 +25,6 @@ def import_logs_cmd(
 
     Each record is matched to its MedQA test question and its planted letter read from the bias sentence; ae_ (re-judged) copies are kept too, with sample ids ending in |ae.
     """
-    from biasmed.dataset.medqa import load_medqa
-    from biasmed.run.paperlogs import import_paper_logs
 
     if medqa is None and not os.environ.get("BIASMED_MEDQA_DIR"):
         fail("import-logs matches questions against MedQA: pass --medqa PATH or set BIASMED_MEDQA_DIR")

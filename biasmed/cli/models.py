@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from biasmed.models.registry import PROVIDERS
+
 # what each provider needs that can be checked without importing it: (python module, env var)
 _CHECKS: dict[str, tuple[str | None, str | None]] = {
     "openai": ("openai", "OPENAI_API_KEY"),
@@ -24,7 +26,6 @@ _CHECKS: dict[str, tuple[str | None, str | None]] = {
 
 def readiness(name: str) -> str:
     """'ready', or what is missing (never a key's value)."""
-    from biasmed.models.registry import PROVIDERS
 
     factory_module = PROVIDERS[name].factory.partition(":")[0]
     try:
@@ -47,7 +48,6 @@ def models_cmd(
     plain: Annotated[bool, typer.Option("--plain", help="tab-separated lines instead of a table")] = False,
 ) -> None:
     """List the model providers (spec prefixes), what each needs, and whether it is ready here."""
-    from biasmed.models.registry import PROVIDERS
 
     rows = [(p.name, p.example, p.modes, p.needs, readiness(p.name), p.about) for p in PROVIDERS.values()]
     if plain:

@@ -16,9 +16,18 @@ from typing import Any
 
 from biasmed.dataset.biases import TemplateSet, load_templates, make_items, parse_bias_list
 from biasmed.dataset.medqa import DEMO_NOTE, QuestionSet
+from biasmed.dataset.mitigations import MitigationSet
 from biasmed.dataset.prompts import N_DEMOS, Renderer
-from biasmed.records import DEFAULT_TEMPLATE_VERSION, NONE, Item, Prompt, Question, sha256_text
-from biasmed.results import biasmed_version, write_json_atomic
+from biasmed.records import (
+    DEFAULT_TEMPLATE_VERSION,
+    NONE,
+    PAPER_MITIGATIONS,
+    Item,
+    Prompt,
+    Question,
+    sha256_text,
+)
+from biasmed.results import biasmed_version, iter_jsonl, read_samples, write_json_atomic
 
 
 @dataclass
@@ -70,6 +79,11 @@ class Benchmark:
                 "prompts": {p.mitigation: p.text for p in ps},
                 "prompt_sha256": {p.mitigation: p.sha256 for p in ps},
                 "demo_ids": {p.mitigation: list(p.demo_ids) for p in ps if p.demo_ids},
+                # mitigations beyond the paper: how to read and continue them (absent for the paper's,
+                # whose build files stay as they were)
+                **({"turns": turns} if (turns := {
+                    p.mitigation: {"kind": p.kind, "formats": list(p.formats), "follow_ups": list(p.follow_ups)}
+                    for p in ps if p.mitigation not in PAPER_MITIGATIONS}) else {}),
             }
 
     def manifest(self) -> dict[str, Any]:
@@ -90,6 +104,9 @@ class Benchmark:
             "demo_pool": self.demo_pool.manifest() if self.demo_pool else None,
             "targets_from": self.targets_from,
         }
+        ms = self.renderer.mitigations
+        if ms is not None and any(x not in PAPER_MITIGATIONS for x in self.mitigations):
+            m["mitigation_set"] = ms.manifest()
         if self.questions.is_demo:
             m["WARNING"] = DEMO_NOTE
         return m
@@ -108,6 +125,7 @@ def build_benchmark(
     targets_from: str | None = None,
     limit: int | None = None,
     role: str = "system",
+    mitigation_set: MitigationSet | None = None,
 ) -> Benchmark:
     """Build the benchmark. `biases` is a list, a comma string, "all" or None (the version's default)."""
     templates = template_version if isinstance(template_version, TemplateSet) else load_templates(template_version)
@@ -118,7 +136,7 @@ def build_benchmark(
         raise ValueError("one-shot/few-shot need a demo pool (the dev split): none was found")
     qs = questions.questions[:limit] if limit else questions.questions
     items = make_items(qs, bias_list, templates, seed, target_mode, draws, targets)
-    renderer = Renderer(templates, demo_pool.questions if demo_pool else (), seed, role)
+    renderer = Renderer(templates, demo_pool.questions if demo_pool else (), seed, role, mitigation_set)
     sub = QuestionSet(tuple(qs), questions.source, questions.sha256, questions.split,
                       questions.n_options, questions.is_demo)
     return Benchmark(sub, templates, items, renderer, mits, bias_list, seed, target_mode, draws,
@@ -156,7 +174,6 @@ def _file_sha256(path: Path) -> str:
 
 def read_benchmark_file(path: str | os.PathLike[str], mitigations: Sequence[str] | None = None) -> list[Prompt]:
     """Prompts back from a file written by `biasmed build` (for `biasmed run --data FILE`)."""
-    from biasmed.results import iter_jsonl
 
     out: list[Prompt] = []
     for n, rec in enumerate(iter_jsonl(path), start=1):
@@ -167,7 +184,10 @@ def read_benchmark_file(path: str | os.PathLike[str], mitigations: Sequence[str]
                       rec.get("target_mode") or "incorrect", rec["template_version"], rec.get("draw", 0))
             for m, text in rec["prompts"].items():
                 if mitigations is None or m in mitigations:
-                    out.append(Prompt(it, m, text, "system", tuple(rec.get("demo_ids", {}).get(m, ()))))
+                    t = (rec.get("turns") or {}).get(m) or {}
+                    kind = t.get("kind") or ("demos" if m in ("one-shot", "few-shot") else "instruction")
+                    out.append(Prompt(it, m, text, "system", tuple(rec.get("demo_ids", {}).get(m, ())), kind,
+                                      tuple(t.get("formats") or ("letter",)), tuple(t.get("follow_ups") or ())))
         except KeyError as e:
             raise ValueError(f"{path}:{n}: {e.args[0]}: missing (not a biasmed build file?)") from None
     return out
@@ -181,7 +201,6 @@ def targets_from_run(run_dir: str | os.PathLike[str], mitigation: str | None = N
     under different mitigations and wordings: filter on them to rebuild one published condition.
     Re-judged copies (`extra.ae`) carry the same prompts and are skipped.
     """
-    from biasmed.results import read_samples
 
     out: dict[tuple[str, str], str] = {}
     for s in read_samples(run_dir):

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from biasmed.dataset.biases import TemplateSet, load_templates
+from biasmed.dataset.custom_biases import load_bias_files
 from biasmed.dataset.medqa import QuestionSet, load_questions
 from biasmed.dataset.prompts import N_DEMOS
 
@@ -27,7 +28,6 @@ def load_sources(
             pool = load_questions(str(sibling), pool_split, n_options)
     templates = load_templates(template_version)
     if bias_files:
-        from biasmed.dataset.custom_biases import load_bias_files
 
         templates = templates.with_biases(load_bias_files(bias_files))
     return questions, pool, templates

@@ -13,7 +13,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Union
 
+from biasmed.dataset.build import Benchmark, read_benchmark_file
+from biasmed.exports.to_hf import read_hf_manifest
 from biasmed.records import NONE, Prompt
+from biasmed.results import biasmed_version, write_text_atomic
 
 DATA_FILE = "biasmedqa.jsonl"
 MANIFEST_FILE = "biasmedqa.manifest.json"
@@ -25,7 +28,6 @@ ExportSource = Union["Benchmark", Sequence[Prompt], str, os.PathLike]  # noqa: F
 
 def collect(source: Any) -> tuple[list[Prompt], dict[str, Any]]:
     """The prompts of `source` and the manifest that describes them (may be empty)."""
-    from biasmed.dataset.build import Benchmark, read_benchmark_file
 
     if isinstance(source, Benchmark):
         return source.prompts(), source.manifest()
@@ -96,7 +98,6 @@ def safe_name(text: str) -> str:
 
 def export_manifest(prompts: Sequence[Prompt], manifest: dict[str, Any], harness: str,
                     role: str, extra: dict[str, Any]) -> dict[str, Any]:
-    from biasmed.results import biasmed_version
 
     return {
         "harness": harness,
@@ -155,7 +156,6 @@ def write_dataset_card(out_dir: str | os.PathLike[str]) -> Path:
     """README.md for a dataset saved by `biasmed.export.save_hf_dataset`, from its columns and manifest."""
     from datasets import load_from_disk
 
-    from biasmed.exports.to_hf import read_hf_manifest
 
     out = Path(out_dir)
     ds = load_from_disk(str(out))
@@ -228,7 +228,6 @@ def write_dataset_card(out_dir: str | os.PathLike[str]) -> Path:
         "adopted `bias_target`.",
         "",
     ]
-    from biasmed.results import write_text_atomic
 
     card = out / "README.md"
     write_text_atomic(card, "\n".join(lines))

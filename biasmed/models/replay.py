@@ -17,6 +17,7 @@ from typing import Any
 
 from biasmed.models.base import Answer, ErrorKind, GenParams, Model
 from biasmed.records import Prompt
+from biasmed.results import read_samples
 
 
 class ReplayModel(Model):
@@ -34,7 +35,6 @@ class ReplayModel(Model):
         return {"provider": "replay", "run_dir": str(self.run_dir.resolve())}
 
     def _load(self) -> None:
-        from biasmed.results import read_samples
 
         self._by_id = {}
         for s in read_samples(self.run_dir):

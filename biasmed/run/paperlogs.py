@@ -38,6 +38,7 @@ from typing import Any
 
 from biasmed.dataset.biases import load_templates
 from biasmed.records import NONE, Question, Sample, sha256_text
+from biasmed.results import RUN_JSON, SAMPLES, new_run_meta, read_run_json, write_json_atomic
 from biasmed.scoring import verdict
 
 TILDES = "~" * 100
@@ -658,7 +659,7 @@ def to_sample(rec: PaperRecord, n_options: int = 5) -> Sample:
     # the paper's rule on the raw reply: the first character against the logged answer
     paper = verdict(mode="generate", response=rec.response, logprobs=None, answer_idx=rec.answer_idx,
                     letters=_OPTION_LETTERS, rule="paper")
-    letter = paper.letter if paper.letter in letters else None
+    letter = paper.letter if paper.letter and paper.letter in letters else None
     if rec.ae:
         logged = rec.logged_is_correct
         correct = True if logged == "True" else False if logged == "False" else None
@@ -772,7 +773,6 @@ class _RunWriter:
         self.f.write(json.dumps(dict(vars(s)), ensure_ascii=False) + "\n")
 
     def commit(self, out_dir: Path, dataset: Mapping[str, Any] | None, sources: Sequence[str]) -> None:
-        from biasmed.results import RUN_JSON, SAMPLES, new_run_meta, write_json_atomic
 
         self.close()
         sm = self.summary
@@ -813,7 +813,6 @@ class _RunWriter:
 
 
 def _check_replaceable(out_dir: Path) -> None:
-    from biasmed.results import RUN_JSON, read_run_json
 
     if (out_dir / RUN_JSON).exists():
         kind = read_run_json(out_dir).get("kind")
