@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from scipy.stats import binomtest
 from typer.testing import CliRunner
 
+import biasmed.report
 from biasmed.analysis import stats
 from biasmed.analysis.leaderboard import LEADERBOARD_COLUMNS
 from biasmed.analysis.summary import SUMMARY_COLUMNS, Summary, load_run, prepare, summarize
@@ -373,3 +375,126 @@ def test_bad_samples_line_is_one_clear_error(tmp_path: Path) -> None:
         f.write('{"sample_id": "x", "bias": "none"}\n')
     res = CliRunner().invoke(app, ["report", str(run)])
     assert res.exit_code == 2 and "samples.jsonl" in res.output and "missing" in res.output
+
+
+@pytest.mark.parametrize("damage", ["no run.json", "empty samples", "no samples file", "empty folder"])
+@pytest.mark.parametrize("command", ["report", "leaderboard"])
+def test_a_folder_that_is_not_a_run_is_one_line_exit_2(tmp_path: Path, damage: str, command: str) -> None:
+    run = write_run(tmp_path / "r", scenario())
+    if damage == "no run.json":
+        (run / "run.json").unlink()
+    elif damage == "empty samples":
+        (run / "samples.jsonl").write_text("")
+    elif damage == "no samples file":
+        (run / "samples.jsonl").unlink()
+    else:
+        (run / "run.json").unlink()
+        (run / "samples.jsonl").unlink()
+    res = CliRunner().invoke(app, [command, str(run), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("biasmed: error: "), res.output
+    expected = {"no run.json": "run.json: missing", "empty samples": "samples.jsonl: no samples",
+                "no samples file": "samples.jsonl", "empty folder": "run.json: missing"}[damage]
+    assert expected in lines[0] and str(run) in lines[0]
+    assert not (tmp_path / "out").exists()  # nothing written for it
+
+
+def _markdown_html(text: str) -> str:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("gfm-like").render(text)
+
+
+def test_untrusted_names_cannot_break_a_table_or_inject(tmp_path: Path) -> None:
+    # model, bias and mitigation names come from run folders and user YAML
+    evil = "ev|il`x` <script>alert(1)</script>\n[x](http://e.io) www.e.io m@e.io **b** _i_"
+    samples = scenario(evil)
+    for smp in samples:
+        if smp["bias"] == "frequency":
+            smp["bias"] = "my|<b>bias</b>"
+    run = write_run(tmp_path / "evil", samples, model=evil)
+    out = tmp_path / "rep"
+    summary = biasmed.report(run, out, n_boot=0, plots=False, html=False)
+    assert set(summary.table["model"]) == {evil}  # the figures keep the real name
+    md = (out / "report.md").read_text()
+    lb_md = leaderboard_markdown(summary)
+    for text in (md, lb_md):
+        html = _markdown_html(text)
+        assert "<script" not in html and "<b>" not in html and "<a " not in html
+        assert "<strong>b</strong>" not in html and "<em>i</em>" not in html
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown as text
+        # every table row has as many cells as its header: a `|` in a name did not add one
+        for table in html.split("<table>")[1:]:
+            head = len(re.findall(r"<th[ >]", table.split("</thead>")[0]))
+            rows = table.split("<tbody>")[1].split("</tbody>")[0].split("<tr>")[1:]
+            assert rows and all(r.count("<td") == head for r in rows)
+    assert "ev|il`x` &lt;script&gt;alert(1)&lt;/script&gt; [x](http://e.io) www.e.io m@e.io **b** _i_" in (
+        _markdown_html(md))
+    # the console tables print the name as text (no markup, no control characters)
+    res = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "rep2"), "--n-boot", "0",
+                                   "--no-plots", "--no-html"])
+    assert res.exit_code == 0, res.output
+    assert "ev|il`x` <script>alert(1)</script>" in res.output and "my|<b>bias</b>" in res.output
+    assert "\x1b" not in res.output
+
+
+class _Result:
+    """What `biasmed.evaluate()` returns, as far as `biasmed.report()` is concerned: a `.path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+
+def test_library_report_takes_folders_frames_results_and_summaries(run: Path, tmp_path: Path) -> None:
+    ref = biasmed.report(run, tmp_path / "a", n_boot=100, seed=2, plots=False, html=False)
+    assert isinstance(ref, Summary)
+    assert [p.name for p in ref.written] == ["summary.csv", "report.md"]
+    expected = (tmp_path / "a" / "summary.csv").read_bytes()
+    for name, given in [("frame", load_run(run)), ("result", _Result(run)), ("list", [str(run)]),
+                        ("summary", summarize(run, n_boot=100, seed=2))]:
+        s = biasmed.report(given, tmp_path / name, n_boot=100, seed=2, plots=False, html=False)
+        assert (tmp_path / name / "summary.csv").read_bytes() == expected, name
+        assert (tmp_path / name / "report.md").read_text() == (tmp_path / "a" / "report.md").read_text(), name
+        assert s.written == [tmp_path / name / "summary.csv", tmp_path / name / "report.md"]
+    # without `out`: RUN/report for one run folder or result, as the CLI
+    s = biasmed.report(_Result(run), n_boot=0, plots=False, html=False)
+    assert s.written[0] == run / "report" / "summary.csv"
+    # the CLI writes the same files from the same settings
+    res = CliRunner().invoke(app, ["report", str(run), "--out", str(tmp_path / "cli"), "--n-boot", "100",
+                                   "--seed", "2", "--no-plots", "--no-html"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "cli" / "summary.csv").read_bytes() == expected
+    assert (tmp_path / "cli" / "report.md").read_text() == (tmp_path / "a" / "report.md").read_text()
+
+
+def test_writers_compute_nothing_the_summary_holds(run: Path, tmp_path: Path) -> None:
+    # a Summary whose figures were changed after summarize(): every writer shows the changed ones
+    from biasmed.report.plots import accuracy_figure
+    from biasmed.report.tables import rich_tables
+
+    s = summarize(run, n_boot=0)
+    s.table["accuracy"] = 0.123
+    s.main = s.main.assign(accuracy=0.123)
+    s.leaderboard = s.leaderboard.assign(mean_biased_acc=0.456)
+    from biasmed.report.tables import report_markdown
+
+    assert "| recency | none | 20 | 0.123 [" in report_markdown(s)
+    assert "| 0.456 |" in leaderboard_markdown(s)
+    ax = accuracy_figure(s, "test/model").axes[0]
+    assert {round(b.get_height(), 3) for b in ax.patches if not np.isnan(b.get_height())} == {0.123}
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    for t in rich_tables(s):
+        console.print(t)
+    assert ".123" in console.export_text() and ".350" not in console.export_text()
+
+
+def test_html_is_skipped_quietly_without_its_writer(run: Path, tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "biasmed.report.html", None)  # as if not installed: ImportError
+    s = biasmed.report(run, tmp_path / "rep", n_boot=0, plots=False)
+    assert [p.name for p in s.written] == ["summary.csv", "report.md"]
+    assert not (tmp_path / "rep" / "report.html").exists()

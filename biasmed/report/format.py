@@ -78,7 +78,8 @@ def ci(row: Mapping[str, Any], key: str, lo: str | None = None, hi: str | None =
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 # characters with a meaning in (GitHub-flavoured) markdown inline or in a table row; `_` between
 # two letters or digits has none (GFM), so `self_diagnosis` stays readable in the source
-_MD_SPECIAL = re.compile(r"[\\`*\[\]|~<>&]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|~<>&@]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|:(?=//)"
+                         r"|(?<=[A-Za-z0-9])\.(?=[A-Za-z])")
 _MD_ENTITY = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
 
 
@@ -89,6 +90,7 @@ def plain(text: Any) -> str:
 
 def md(text: Any) -> str:
     """Untrusted text as literal markdown, safe in a table cell or a heading: one line; `|`,
-    backticks, `*`, `_`, `~`, `[`, `]` and backslashes escaped; `<`, `>`, `&` as entities (no HTML,
-    no link, no broken table row gets through)."""
+    backticks, `*`, `_`, `~`, `[`, `]`, `@`, backslashes, the `:` of `://` and a `.` before a letter
+    escaped (no link, and nothing a renderer could autolink as a URL, domain or e-mail); `<`, `>`,
+    `&` as entities (no HTML); so no broken table row either."""
     return _MD_SPECIAL.sub(lambda m: _MD_ENTITY.get(m.group(0), "\\" + m.group(0)), plain(text))
