@@ -208,6 +208,7 @@ def model_rows(model: str, conds: Mapping[CondKey, Cond], n_boot: int, seed: int
 
     base = conds.get(BASE)
     pm = primary_mode([k[3] for k in conds])
+    mode = pm or ""  # "" only where no bias has a primary mode: `core` is empty and no closure runs
     mits = {k[1] for k in conds}
     out: list[dict[str, Any]] = []
     if base is None:
@@ -228,7 +229,7 @@ def model_rows(model: str, conds: Mapping[CondKey, Cond], n_boot: int, seed: int
 
         # the move to a planted wrong letter, net of its baseline share
         def wrong(b: str, mit: str = mit) -> np.ndarray:
-            c = conds[(b, mit, 0, pm)]
+            c = conds[(b, mit, 0, mode)]
             return follows(c, c.target) - follows(base, c.target)
 
         # the move to the planted correct letter (the gain)
@@ -236,8 +237,8 @@ def model_rows(model: str, conds: Mapping[CondKey, Cond], n_boot: int, seed: int
             c = conds[(b, mit, 0, HELPFUL_MODE)]
             return follows(c, c.target) - follows(base, c.target)
 
-        agg("placebo", "mean_placebo_diff", [b for b in core if (PLACEBO_PREFIX + b, mit, 0, pm) in conds],
-            lambda b, mit=mit: conds[(PLACEBO_PREFIX + b, mit, 0, pm)].correct - conds[(b, mit, 0, pm)].correct)
+        agg("placebo", "mean_placebo_diff", [b for b in core if (PLACEBO_PREFIX + b, mit, 0, mode) in conds],
+            lambda b, mit=mit: conds[(PLACEBO_PREFIX + b, mit, 0, mode)].correct - conds[(b, mit, 0, mode)].correct)
         helpful = [b for b in BIASES if (b, mit, 0, HELPFUL_MODE) in conds]
         agg("helpful", "mean_helpful_gain", helpful,
             lambda b, mit=mit: conds[(b, mit, 0, HELPFUL_MODE)].correct - base.correct)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from biasmed.analysis.controls import (
+    BASE,
     CONTROL_COLUMNS,
     HELPFUL_MODE,
     Cond,
@@ -28,11 +29,13 @@ from biasmed.analysis.controls import (
     control_of,
     controls_frame,
     controls_present,
+    fill_columns,
+    model_rows,
     primary_mode,
 )
 from biasmed.analysis.leaderboard import leaderboard_frame
 from biasmed.errors import InputError
-from biasmed.records import NONE, Sample
+from biasmed.records import BIASES, MITIGATIONS, NONE, V2_BIASES, Sample
 from biasmed.results import RUN_JSON, SAMPLES, read_run_json, read_samples
 from biasmed.scoring import extract_paper, paper_log_counts, verdict
 
@@ -113,12 +116,20 @@ def _as_frames(runs_or_frames: RunLike | Sequence[RunLike]) -> list[pd.DataFrame
     items = runs_or_frames if isinstance(runs_or_frames, (list, tuple)) else [runs_or_frames]
     if not items:
         raise InputError("no runs given")
-    frames = [x if isinstance(x, pd.DataFrame) else load_run(getattr(x, "path", x)) for x in items]
+    frames = [x if isinstance(x, pd.DataFrame) else load_run(_folder(x)) for x in items]
     for f in frames:
         if not len(f):
             where = f.attrs.get("run", {}).get("path")
             raise InputError(f"{Path(where) / SAMPLES if where else 'a run frame'}: no samples (nothing to report)")
     return frames
+
+
+def _folder(x: Any) -> str | os.PathLike[str]:
+    """A run folder given as a path or as something with a `.path` (an EvalResult)."""
+    path = getattr(x, "path", x)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"not a run folder, frame or result: {type(x).__name__}")
+    return path
 
 
 # --------------------------------------------------------------------------- scoring a frame
@@ -348,8 +359,6 @@ def summarize(runs_or_frames: RunLike | Sequence[RunLike] | Scored, convention: 
     """
     import pandas as pd
 
-    from biasmed.analysis.controls import model_rows
-
     sc = runs_or_frames if isinstance(runs_or_frames, Scored) else prepare(runs_or_frames, convention, allow_mixed)
     cboot = n_boot if controls_boot is None else controls_boot
     rows: list[dict[str, Any]] = []
@@ -386,8 +395,6 @@ def main_rows(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def _order_key(col: pd.Series) -> pd.Series:
-    from biasmed.records import BIASES, MITIGATIONS, V2_BIASES
-
     if col.name == "bias":
         order = {b: i for i, b in enumerate((NONE, *BIASES, *V2_BIASES))}
         # a placebo sorts right after the bias it controls for
@@ -412,8 +419,7 @@ def _model_rows(model: str, mdf: pd.DataFrame, convention: str, n_boot: int,
                 seed: int) -> tuple[dict[CondKey, Cond], list[dict[str, Any]]]:
     import numpy as np
 
-    from biasmed.analysis import stats
-    from biasmed.analysis.controls import fill_columns
+    from biasmed.analysis import stats  # numpy
 
     live = mdf[~mdf["failed"]]
     qcodes, quniq = (live["question_id"].factorize() if len(live) else (np.array([], dtype=int), []))
@@ -470,8 +476,7 @@ def _paired_columns(row: dict[str, Any], conds: Mapping[CondKey, Cond],
                     n_boot: int, seed: int) -> None:
     import numpy as np
 
-    from biasmed.analysis import stats
-    from biasmed.analysis.controls import BASE
+    from biasmed.analysis import stats  # numpy
 
     bias, mit, draw, tm = row["bias"], row["mitigation"], row["draw"], row["target_mode"]
     rk = _rng_keys(row)

@@ -79,7 +79,9 @@ def accuracy_figure(summary: Summary, model: str):
         for b in biases:
             r = m[(m["bias"] == b) & (m["mitigation"] == mit)]
             if r.empty:
-                acc.append(np.nan), lo.append(0.0), hi.append(0.0)
+                acc.append(np.nan)
+                lo.append(0.0)
+                hi.append(0.0)
                 continue
             r = r.iloc[0]
             acc.append(r["accuracy"])

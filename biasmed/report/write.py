@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from biasmed.analysis.summary import DEFAULT_CONVENTION, Summary, summarize
+from biasmed.report.plots import write_plots
 from biasmed.report.tables import report_markdown, write_csv
 from biasmed.results import write_text_atomic
+
+try:
+    from biasmed.report.html import write_html
+except ImportError:  # the HTML report (issue 11) is not part of this build: report.html is skipped
+    write_html = None  # type: ignore[assignment]
 
 
 def write_report(summary: Summary, out_dir: str | os.PathLike[str], plots: bool = True,
@@ -27,8 +33,6 @@ def write_report(summary: Summary, out_dir: str | os.PathLike[str], plots: bool 
     written = [write_csv(summary.table, out / "summary.csv")]
     pngs: list[Path] = []
     if plots and len(summary):
-        from biasmed.report.plots import write_plots  # matplotlib: only when plotting
-
         pngs = write_plots(summary, out)
     md = out / "report.md"
     write_text_atomic(md, report_markdown(summary, pngs))
@@ -36,13 +40,8 @@ def write_report(summary: Summary, out_dir: str | os.PathLike[str], plots: bool 
     if len(summary.controls):
         written.append(write_csv(summary.controls, out / "controls.csv"))
     written += pngs
-    if html:
-        try:
-            from biasmed.report.html import write_html
-        except ImportError:  # the HTML report (issue 11) is not part of this build yet
-            pass
-        else:
-            written.append(Path(write_html(summary, out / "report.html")))
+    if html and write_html is not None:
+        written.append(Path(write_html(summary, out / "report.html")))
     return written
 
 
