@@ -8,7 +8,7 @@ nothing of biasmed's.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -23,7 +23,11 @@ BIASES: tuple[str, ...] = (
 )
 V2_BIASES: tuple[str, ...] = ("confirmation_v2", "false_consensus_v2")
 NONE = "none"
-MITIGATIONS: tuple[str, ...] = ("none", "education", "one-shot", "few-shot")
+MITIGATIONS: tuple[str, ...] = ("none", "education", "one-shot", "few-shot", "reasoning", "debias", "reflect")
+PAPER_MITIGATIONS: tuple[str, ...] = MITIGATIONS[:4]
+# how a reply is read: the paper's single letter, or free reasoning ending with `Answer: X`
+ANSWER_FORMATS: tuple[str, ...] = ("letter", "answer-line")
+MITIGATION_KINDS: tuple[str, ...] = ("instruction", "demos", "chain")
 TEMPLATE_VERSIONS: tuple[str, ...] = ("paper-2024", "paper-2023")
 DEFAULT_TEMPLATE_VERSION = "paper-2024"
 TARGET_MODES: tuple[str, ...] = ("incorrect", "correct", "random")
@@ -88,6 +92,12 @@ class Prompt:
     text: str
     role: str = "system"  # the paper sent the whole prompt as one system message
     demo_ids: tuple[str, ...] = ()
+    kind: str = "instruction"  # the mitigation's kind (MITIGATION_KINDS)
+    # how each turn's reply is read (ANSWER_FORMATS): one per turn; the last one is the answer
+    formats: tuple[str, ...] = ("letter",)
+    follow_ups: tuple[str, ...] = ()  # a chain's user turns after the first reply
+    # the conversation after the first message, for a chain's later turns: (role, content) pairs
+    history: tuple[tuple[str, str], ...] = ()
 
     @property
     def sample_id(self) -> str:
@@ -108,8 +118,33 @@ class Prompt:
     def question_id(self) -> str:
         return self.item.question.id
 
+    @property
+    def answer_format(self) -> str:
+        return self.formats[-1]
+
+    @property
+    def turns(self) -> int:
+        return 1 + len(self.follow_ups)
+
+    def at_turn(self, replies: tuple[str, ...]) -> "Prompt":
+        """This chain's prompt for the turn after `replies` (the model's earlier replies): the
+        first message, then each reply and the follow-up that came after it."""
+        hist: list[tuple[str, str]] = []
+        for reply, follow in zip(replies, self.follow_ups, strict=False):  # replies so far
+            hist += [("assistant", reply), ("user", follow)]
+        return replace(self, history=tuple(hist))
+
     def messages(self, role: str | None = None) -> list[dict[str, str]]:
-        return [{"role": role or self.role, "content": self.text}]
+        first = [{"role": role or self.role, "content": self.text}]
+        return first + [{"role": r, "content": c} for r, c in self.history]
+
+    def transcript(self) -> str:
+        """The conversation as one text, for models without a chat template: a reply continues the
+        text it answers; a follow-up starts a new paragraph."""
+        out = self.text
+        for r, c in self.history:
+            out += c if r == "assistant" else f"\n\n{c}\n"
+        return out
 
 
 MODES: tuple[str, ...] = ("generate", "logprob")
@@ -154,6 +189,7 @@ class Answer:
     refusal: str | None = None
     cached: bool = False
     latency_s: float | None = None
+    truncated_chars: int | None = None  # characters cut off a reply over --max-response-chars
 
     @classmethod
     def failure(cls, kind: ErrorKind, message: str, **kw: Any) -> "Answer":
@@ -187,7 +223,7 @@ class Sample:
     """
 
     sample_id: str
-    question_id: str
+    question_id: str | None  # None: a paper-log record not matched to MedQA
     bias: str
     mitigation: str
     template_version: str

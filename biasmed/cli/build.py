@@ -9,6 +9,7 @@ import typer
 
 from biasmed.cli._common import fail, user_errors
 from biasmed.dataset.build import build_benchmark, targets_from_run, write_benchmark
+from biasmed.dataset.mitigations import load_mitigation_set
 from biasmed.dataset.prompts import parse_mitigations
 from biasmed.dataset.sources import load_sources
 from biasmed.exports._common import write_dataset_card
@@ -22,12 +23,13 @@ def build_cmd(
     biases: Annotated[Optional[str], typer.Option(help="comma list, 'all', or default (the version's 7 biases); 'none' is always included")] = None,
     template_version: Annotated[str, typer.Option("--template-version", help="paper-2024 or paper-2023")] = "paper-2024",
     seed: Annotated[int, typer.Option(help="seed of the target and demo draws")] = 0,
-    mitigations: Annotated[str, typer.Option(help="comma list of none,education,one-shot,few-shot")] = "none",
+    mitigations: Annotated[str, typer.Option(help="comma list of none,education,one-shot,few-shot (the paper's), reasoning,debias,reflect, or a --mitigation-file's")] = "none",
     target_mode: Annotated[str, typer.Option("--target-mode", help="incorrect | correct | random")] = "incorrect",
     targets_from: Annotated[Optional[Path], typer.Option("--targets-from", help="take each (question, bias) target from an imported run")] = None,
     limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
     draws: Annotated[int, typer.Option(help="re-draw the planted targets K times (draw 0 is the default draw)")] = 1,
     bias_file: Annotated[Optional[list[Path]], typer.Option("--bias-file", help="user-authored bias YAML (repeatable)")] = None,
+    mitigation_file: Annotated[Optional[list[Path]], typer.Option("--mitigation-file", help="user-authored mitigation YAML (repeatable)")] = None,
     out: Annotated[Path, typer.Option(help="output JSONL")] = Path("data/biasmedqa.jsonl"),
     fmt: Annotated[str, typer.Option("--format", help="jsonl, or hf (also save a datasets.Dataset)")] = "jsonl",
 ) -> None:
@@ -40,7 +42,8 @@ def build_cmd(
     if fmt not in ("jsonl", "hf"):
         fail("--format must be jsonl or hf")
     with user_errors():
-        mits = parse_mitigations(mitigations)
+        ms = load_mitigation_set(mitigation_file or ())
+        mits = parse_mitigations(mitigations, ms)
         questions, pool, templates = load_sources(medqa, split, options, mits, template_version, bias_file)
         targets = None
         if targets_from:
@@ -52,7 +55,7 @@ def build_cmd(
                 fail(f"{targets_from}: no planted targets for mitigation {mits[0]} and {template_version}")
         bench = build_benchmark(questions, biases, templates, seed, mits, pool, target_mode,
                                 targets=targets, targets_from=str(targets_from) if targets_from else None,
-                                limit=limit, draws=draws)
+                                limit=limit, draws=draws, mitigation_set=ms)
         manifest = write_benchmark(bench, out)
     if fmt == "hf":
 

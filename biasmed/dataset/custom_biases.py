@@ -147,8 +147,9 @@ def _parse_entry(path: str, node: yaml.Node, index: int, seen: dict[str, int]) -
     return out
 
 
-def load_bias_file(path: str | Path) -> dict[str, BiasTemplate]:
-    """Parse and validate one bias YAML file; raise DataError (`path:line: field: problem`)."""
+def read_yaml_list(path: str | Path, list_key: str) -> list[yaml.Node]:
+    """The entries of `list_key` in a schema-1 YAML file (bias and mitigation files share this
+    reading: encoding, depth, duplicate keys, top-level fields), as nodes that keep line numbers."""
     p = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -175,24 +176,31 @@ def load_bias_file(path: str | Path) -> dict[str, BiasTemplate]:
     except yaml.YAMLError as e:
         raise DataError(p, 1, "yaml", str(e).splitlines()[0] if str(e) else "not valid YAML") from None
     if root is None:
-        raise DataError(p, 1, "file", "empty: expected a mapping with a 'biases' list")
+        raise DataError(p, 1, "file", f"empty: expected a mapping with a '{list_key}' list")
     if not isinstance(root, yaml.MappingNode):
-        raise DataError(p, _line(root), "file", "expected a mapping with a 'biases' list")
+        raise DataError(p, _line(root), "file", f"expected a mapping with a '{list_key}' list")
     _check_duplicate_keys(p, root)
     top = {_key(p, k, ""): (k, v) for k, v in root.value}
     for key, (knode, _) in top.items():
-        if key not in ("biases", "schema"):
-            raise DataError(p, _line(knode), key, "unknown top-level field (expected 'biases', optional 'schema')")
+        if key not in (list_key, "schema"):
+            raise DataError(p, _line(knode), key, f"unknown top-level field (expected '{list_key}', optional 'schema')")
     if "schema" in top and (not isinstance(top["schema"][1], yaml.ScalarNode) or str(top["schema"][1].value) != "1"):
         raise DataError(p, _line(top["schema"][1]), "schema", "only schema 1 is supported")
-    if "biases" not in top:
-        raise DataError(p, 1, "biases", "missing")
-    lst = top["biases"][1]
+    if list_key not in top:
+        raise DataError(p, 1, list_key, "missing")
+    lst = top[list_key][1]
     if not isinstance(lst, yaml.SequenceNode) or not lst.value:
-        raise DataError(p, _line(lst), "biases", "must be a non-empty list")
+        raise DataError(p, _line(lst), list_key, "must be a non-empty list")
+    return list(lst.value)
+
+
+def load_bias_file(path: str | Path) -> dict[str, BiasTemplate]:
+    """Parse and validate one bias YAML file; raise DataError (`path:line: field: problem`)."""
+    p = str(path)
+    nodes = read_yaml_list(path, "biases")
     seen: dict[str, int] = {}
     out: dict[str, BiasTemplate] = {}
-    for i, node in enumerate(lst.value):
+    for i, node in enumerate(nodes):
         for b in _parse_entry(p, node, i, seen):
             out[b.name] = b
     return out

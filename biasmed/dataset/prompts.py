@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from biasmed.dataset.biases import TemplateSet, choose_target, make_item
+from biasmed.dataset.mitigations import MitigationSet, letters_phrase, load_mitigations
 from biasmed.records import NONE, Item, Prompt, Question
 
 N_DEMOS = {"none": 0, "education": 0, "one-shot": 1, "few-shot": 2}
@@ -45,12 +46,15 @@ class Renderer:
     demo_pool: Sequence[Question] = ()
     seed: int = 0
     role: str = "system"
+    mitigations: MitigationSet | None = None  # None: the built-ins
 
     def __post_init__(self) -> None:
         self._pool_ids = frozenset(q.id for q in self.demo_pool)
+        if self.mitigations is None:
+            self.mitigations = load_mitigations()
 
     def choose_demos(self, question_id: str, mitigation: str) -> list[Question]:
-        k = N_DEMOS[mitigation]
+        k = N_DEMOS.get(mitigation, 0)
         if k == 0:
             return []
         pool = self.demo_pool
@@ -79,7 +83,7 @@ class Renderer:
             if not wrong_demo:
                 answer = demo.answer_idx
             elif biased:
-                answer = d.target
+                answer = d.target or demo.answer_idx  # a biased demo always has a target
             else:
                 answer = choose_target(demo, "none-demo", self.seed, "incorrect")
             custom = self.templates.bias(item.bias).demo_header if biased else ""
@@ -93,8 +97,10 @@ class Renderer:
         return str(frame["demo_separator"]).join(blocks) + str(frame["after_demos"])
 
     def render(self, item: Item, mitigation: str = "none") -> Prompt:
-        if mitigation not in N_DEMOS:
-            raise ValueError(f"unknown mitigation {mitigation!r} (known: {', '.join(N_DEMOS)})")
+        assert self.mitigations is not None
+        mit = self.mitigations.get(mitigation)  # ValueError naming the known ones
+        if not mit.paper:
+            return self._render_added(item, mitigation)
         frame = self.templates.frame
         education = ""
         if mitigation == "education" and item.bias != NONE and self.templates.bias(item.bias).education:
@@ -103,18 +109,39 @@ class Renderer:
         demos = self.choose_demos(item.question.id, mitigation)
         demo_text = self._demos_text(item, mitigation, demos) if demos else ""
         body = question_block(item.text, item.question.options, frame)
-        return Prompt(item, mitigation, head + demo_text + body, self.role, tuple(d.id for d in demos))
+        return Prompt(item, mitigation, head + demo_text + body, self.role, tuple(d.id for d in demos),
+                      kind=mit.kind, formats=mit.formats)
+
+    def _render_added(self, item: Item, mitigation: str) -> Prompt:
+        """A mitigation beyond the paper: the paper's prompt with the mitigation's text after the
+        instruction (where the paper put its education sentence), and its follow-up turns."""
+        assert self.mitigations is not None
+        mit, ms = self.mitigations.get(mitigation), self.mitigations
+        frame = self.templates.frame
+        fill = letters_phrase(item.question.letters)
+        instruction = self.templates.instruction
+        if mit.formats[0] == "answer-line" and ms.drops:
+            # reasoning is asked for: the paper's "a single letter and nothing more" would contradict it
+            instruction = instruction.replace(" " + ms.drops, "").replace(ms.drops, "").rstrip()
+        added = " " + mit.text.replace("{letters}", fill) if mit.text else ""
+        head = str(frame["head"]).format(instruction=instruction, education=added)
+        body = question_block(item.text, item.question.options, frame)
+        follow = tuple(f.replace("{letters}", fill) for f in mit.follow_ups)
+        return Prompt(item, mitigation, head + body, self.role, (), kind=mit.kind, formats=mit.formats,
+                      follow_ups=follow)
 
     def render_all(self, items: Iterable[Item], mitigations: Sequence[str]) -> list[Prompt]:
         """Question-major, then bias, then mitigation: the order runs and resumes use."""
         return [self.render(it, m) for it in items for m in mitigations]
 
 
-def parse_mitigations(spec: str | None) -> list[str]:
+def parse_mitigations(spec: str | None, known: MitigationSet | None = None) -> list[str]:
+    """Mitigation names from a comma list, checked against `known` (default: the built-ins)."""
     if not spec:
         return ["none"]
+    ms = known or load_mitigations()
     names = ["none" if s.strip() in ("", "baseline") else s.strip() for s in spec.split(",")]
     for n in names:
-        if n not in N_DEMOS:
-            raise ValueError(f"unknown mitigation {n!r} (known: {', '.join(N_DEMOS)})")
+        if n not in ms.items:
+            raise ValueError(f"unknown mitigation {n!r} (known: {', '.join(ms.items)})")
     return list(dict.fromkeys(names))

@@ -93,6 +93,7 @@ class AnthropicMessages(Model):
             req["messages"] = [{"role": "user", "content": SYSTEM_ONLY_USER_TURN}]
         else:
             req["messages"] = [{"role": "user", "content": prompt.text}]
+        req["messages"] += [{"role": r, "content": c} for r, c in prompt.history]  # a chain's later turns
         if params.top_p is not None and self.sampling_params:
             req["top_p"] = params.top_p  # newer models refuse temperature AND top_p: opt-in only
         return req
