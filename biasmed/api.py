@@ -89,7 +89,7 @@ async def evaluate_async(
         template_version=template_version, target_mode=target_mode, seed=seed, draws=draws, limit=limit,
         bias_files=tuple(str(f) for f in bias_files), mode=mode, **settings)
     try:
-        outcome = await run_folder(_as_model(model), s, out, dry_run=dry_run, on_progress=on_progress,
+        outcome = await run_folder(_as_model(model), s, None if out is None else Path(out), dry_run=dry_run, on_progress=on_progress,
                                    on_start=on_start)
     except BiasmedError as e:
         if isinstance(e.result, RunOutcome):

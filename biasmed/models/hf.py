@@ -55,7 +55,7 @@ _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp3
 def render_text(tokenizer: Any, use_template: bool, prompt: Prompt, role: str) -> str:
     """The exact text the model reads (chat template applied, assistant turn opened)."""
     if not use_template:
-        return prompt.text
+        return prompt.transcript()  # prompt.text, with a chain's earlier turns when there are some
     try:
         return tokenizer.apply_chat_template(prompt.messages(role), add_generation_prompt=True, tokenize=False)
     except Exception as e:  # jinja raises e.g. "System role not supported" from inside the template
@@ -226,7 +226,7 @@ class LocalCausalLM(Model):
         except (OSError, ValueError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise FatalRunError(f"{self.spec}: cannot load {folder}: {first}") from None
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]  # transformers stubs: device is a str here
         return self._finish_load(model, tok, device, dtype_name)
 
     def _finish_load(self, model: Any, tok: Any, device: str, dtype: str) -> _Loaded:
@@ -267,10 +267,11 @@ class LocalCausalLM(Model):
                 for i, a in zip(todo, got):
                     out[i] = a
         per = (time.perf_counter() - t0) / max(len(prompts), 1)  # amortized: the batch ran together
-        for a in out:
-            assert a is not None
+        done = [a for a in out if a is not None]
+        assert len(done) == len(out)
+        for a in done:
             a.latency_s = per
-        return out  # type: ignore[return-value]
+        return done
 
     def _logprob(self, st: _Loaded, prompts: list[Prompt], seqs: list[list[int]]) -> list[Answer]:
         import torch

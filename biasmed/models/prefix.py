@@ -357,7 +357,7 @@ def make_cache(model: Any, pairs: KV) -> Any:
     try:
         return DynamicCache(ddp_cache_data=pairs, config=model.config)
     except TypeError:  # older transformers
-        return DynamicCache.from_legacy_cache(tuple(pairs))
+        return DynamicCache.from_legacy_cache(tuple(pairs))  # type: ignore[attr-defined]  # older transformers
 
 
 def slice_kv(kv: KV, row: int, length: int) -> KV:

@@ -122,7 +122,7 @@ def _convert(gguf: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The weights are now plain de-quantized float32 tensors; drop the GGUF "quantizer" marker so
     # the model saves (and later loads) as an ordinary checkpoint.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # drop the GGUF quantizer before saving
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = MODEL_DIRNAME

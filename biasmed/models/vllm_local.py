@@ -147,10 +147,11 @@ class VLLMModel(Model):
             for i, a in zip(todo, got):
                 out[i] = a
         per = (time.perf_counter() - t0) / max(len(prompts), 1)
-        for a in out:
-            assert a is not None
+        done = [a for a in out if a is not None]
+        assert len(done) == len(out)
+        for a in done:
             a.latency_s = per
-        return out  # type: ignore[return-value]
+        return done
 
     def _logprob(self, eng: _Engine, prompts: list[Prompt], seqs: list[list[int]]) -> list[Answer]:
         from vllm import SamplingParams

@@ -360,7 +360,8 @@ class QuestionIndex:
         if hit is not None:
             return hit
         found = self._match(question, options, hint)
-        if found[0].kind in ("exact", "unescaped", "options") and len(self._by_text.get(_norm(found[0].question.question), ())) == 1:
+        q = found[0].question
+        if q is not None and found[0].kind in ("exact", "unescaped", "options") and len(self._by_text.get(_norm(q.question), ())) == 1:
             self._cache[key] = found
         return found
 
