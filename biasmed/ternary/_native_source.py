@@ -22,6 +22,10 @@ SOURCE = r"""// Packed ternary weights x int8 activations on x86-64 CPUs, exact 
 #include <stdlib.h>
 #include <string.h>
 
+#include <algorithm>
+#include <thread>
+#include <vector>
+
 typedef int64_t i64;
 
 #define T512 __attribute__((target("avx512f,avx512bw,avx512vnni")))
@@ -327,13 +331,34 @@ T512 static void gemm_512(const int8_t* x, i64 m, const int32_t* xsum, const uin
 }
 
 // ------------------------------------------------------------------------------ driver
-static void gemm(int isa, const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n, const Shape& s,
-                 int32_t* out) {
+static void gemm_range(int isa, const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n, i64 n0,
+                       i64 n1, const Shape& s, int32_t* out) {
     uint8_t* codes = m > 1 || isa == ISA_SCALAR ? (uint8_t*)malloc(NR * s.kpad + 64) : nullptr;
-    if (isa == ISA_AVX512VNNI) gemm_512(x, m, xsum, w, 0, n, s, out, n, codes);
-    else if (isa == ISA_AVX2) gemm_avx2(x, m, xsum, w, 0, n, s, out, n, codes);
-    else gemm_scalar(x, m, xsum, w, 0, n, s, out, n, codes);
+    if (isa == ISA_AVX512VNNI) gemm_512(x, m, xsum, w, n0, n1, s, out, n, codes);
+    else if (isa == ISA_AVX2) gemm_avx2(x, m, xsum, w, n0, n1, s, out, n, codes);
+    else gemm_scalar(x, m, xsum, w, n0, n1, s, out, n, codes);
     free(codes);
+}
+
+// Output rows split across `threads` threads (the caller's included). Threads are started per
+// call, which costs tens of microseconds, so only products of a few million MACs are split;
+// the small GEMVs of a decode step stay on the calling thread.
+static const double kMinSplitMacs = 4e6;
+
+static void gemm(int isa, const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n, const Shape& s,
+                 int32_t* out, int threads) {
+    if (threads <= 1 || (double)m * (double)n * (double)s.kpad < kMinSplitMacs || n < 8 * (i64)threads) {
+        gemm_range(isa, x, m, xsum, w, n, 0, n, s, out);
+        return;
+    }
+    const i64 chunk = ((n + threads - 1) / threads + NR - 1) / NR * NR;  // whole strips per thread
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) {
+        const i64 a = t * chunk, b = std::min(n, a + chunk);
+        if (a < b) pool.emplace_back(gemm_range, isa, x, m, xsum, w, n, a, b, std::cref(s), out);
+    }
+    gemm_range(isa, x, m, xsum, w, n, 0, std::min(n, chunk), s, out);
+    for (auto& th : pool) th.join();
 }
 
 // Activations copied into zero-padded rows of kpad columns, with their sums.
@@ -348,14 +373,14 @@ static void pad_rows(const int8_t* xq, i64 m, i64 k, i64 ldx, const Shape& s, in
 }
 
 // out[m, n] = xq[m, :] . trits[n, :] (int32, exact).
-extern "C" int bt_gemm_i8(int isa, const int8_t* xq, i64 m, i64 k, i64 ldx, const uint8_t* w, i64 n,
-                          int32_t* out) {
+extern "C" int bt_gemm_i8(int isa, int threads, const int8_t* xq, i64 m, i64 k, i64 ldx, const uint8_t* w,
+                          i64 n, int32_t* out) {
     Shape s = shape_of(k);
     int8_t* xp = (int8_t*)malloc(m * s.kpad + 64);
     int32_t* xsum = (int32_t*)malloc(sizeof(int32_t) * m);
     if (!xp || !xsum) return -1;
     pad_rows(xq, m, k, ldx, s, xp, xsum);
-    gemm(isa, xp, m, xsum, w, n, s, out);
+    gemm(isa, xp, m, xsum, w, n, s, out, threads);
     free(xp);
     free(xsum);
     return 0;
@@ -403,11 +428,31 @@ T512 static void dequantize_512(const int32_t* acc, i64 m, i64 n, const float* w
 T256 static void dequantize_avx2(const int32_t* acc, i64 m, i64 n, const float* ws, int per_row,
                                  const float* xs, float* out) { dequantize(acc, m, n, ws, per_row, xs, out); }
 
+// RMSNorm of each row in place of x (into y): y = (x * rsqrt(mean(x^2) + eps)) * weight, the
+// operations of biasmed.ternary.quant.rms_norm; the sum of squares is accumulated in double,
+// so it can differ from torch's float32 reduction in the last bit of the mean.
+static inline void rms_rows(const float* x, i64 m, i64 k, i64 ldx, const float* weight, float eps, float* y) {
+    for (i64 r = 0; r < m; ++r) {
+        const float* xr = x + r * ldx;
+        double ss = 0.0;
+        for (i64 c = 0; c < k; ++c) ss += (double)xr[c] * (double)xr[c];
+        const float inv = 1.0f / sqrtf((float)(ss / (double)k) + eps);
+        float* yr = y + r * k;
+        for (i64 c = 0; c < k; ++c) yr[c] = (xr[c] * inv) * weight[c];
+    }
+}
+T512 static void rms_512(const float* x, i64 m, i64 k, i64 ldx, const float* weight, float eps, float* y) {
+    rms_rows(x, m, k, ldx, weight, eps, y);
+}
+T256 static void rms_avx2(const float* x, i64 m, i64 k, i64 ldx, const float* weight, float eps, float* y) {
+    rms_rows(x, m, k, ldx, weight, eps, y);
+}
+
 // BitLinear on a float32 x [m, k] that is already normalised: quantize, exact integer product,
 // dequantize into out [m, n] (float32). w_scale holds one value, or one per output row when
 // per_row is set (vLLM's merged projections). x_scale_out (optional) receives the token scales.
-extern "C" int bt_linear_f32(int isa, const float* x, i64 m, i64 k, i64 ldx, const uint8_t* w, i64 n,
-                             const float* w_scale, int per_row, float* out, float* x_scale_out) {
+extern "C" int bt_linear_f32(int isa, int threads, const float* x, i64 m, i64 k, i64 ldx, const uint8_t* w,
+                             i64 n, const float* w_scale, int per_row, float* out, float* x_scale_out) {
     Shape s = shape_of(k);
     int8_t* xp = (int8_t*)malloc(m * s.kpad + 64);
     int32_t* xsum = (int32_t*)malloc(sizeof(int32_t) * m);
@@ -417,7 +462,7 @@ extern "C" int bt_linear_f32(int isa, const float* x, i64 m, i64 k, i64 ldx, con
     if (isa == ISA_AVX512VNNI) quantize_512(x, m, k, ldx, s, xp, xsum, xs);
     else if (isa == ISA_AVX2) quantize_avx2(x, m, k, ldx, s, xp, xsum, xs);
     else quantize_rows(x, m, k, ldx, s, xp, xsum, xs);
-    gemm(isa, xp, m, xsum, w, n, s, acc);
+    gemm(isa, xp, m, xsum, w, n, s, acc, threads);
     if (isa == ISA_AVX512VNNI) dequantize_512(acc, m, n, w_scale, per_row, xs, out);
     else if (isa == ISA_AVX2) dequantize_avx2(acc, m, n, w_scale, per_row, xs, out);
     else dequantize(acc, m, n, w_scale, per_row, xs, out);
@@ -427,5 +472,18 @@ extern "C" int bt_linear_f32(int isa, const float* x, i64 m, i64 k, i64 ldx, con
     free(xs);
     free(acc);
     return 0;
+}
+// The whole BitLinear of HGRN-bit: the layer's own RMSNorm (norm_weight, eps), then
+// bt_linear_f32. One call per projection, so a decode step pays no per-op framework overhead.
+extern "C" int bt_bitlinear_f32(int isa, int threads, const float* x, i64 m, i64 k, i64 ldx, const float* norm_weight,
+                                float eps, const uint8_t* w, i64 n, const float* w_scale, int per_row, float* out) {
+    float* y = (float*)malloc(sizeof(float) * m * k + 64);
+    if (!y) return -1;
+    if (isa == ISA_AVX512VNNI) rms_512(x, m, k, ldx, norm_weight, eps, y);
+    else if (isa == ISA_AVX2) rms_avx2(x, m, k, ldx, norm_weight, eps, y);
+    else rms_rows(x, m, k, ldx, norm_weight, eps, y);
+    int rc = bt_linear_f32(isa, threads, y, m, k, k, w, n, w_scale, per_row, out, nullptr);
+    free(y);
+    return rc;
 }
 """

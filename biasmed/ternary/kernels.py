@@ -29,7 +29,7 @@ import torch
 
 from biasmed.ternary import native
 from biasmed.ternary.packing import PackedTernary, repack, unpack_codes
-from biasmed.ternary.quant import dequantize_output, quantize_activations
+from biasmed.ternary.quant import dequantize_output, quantize_activations, rms_norm
 
 BACKENDS = ("auto", "reference", "native", "triton")
 _LAYOUT = {"reference": None, "native": native.LAYOUT, "triton": "quarter"}  # None: any layout
@@ -161,11 +161,30 @@ def bitlinear(x: torch.Tensor, w: PackedTernary, backend: str = "auto") -> torch
     epilogue run in one call, with the same float32 operations as the PyTorch path.
     """
     chosen = resolve_backend(backend, x.device)
-    if chosen == "native" and x.dtype == torch.float32:
-        x2 = x.reshape(-1, x.shape[-1])
+    if chosen == "native" and x.dtype in (torch.float32, torch.bfloat16, torch.float16):
+        # quantize_activations computes in float32 for 16-bit inputs too: upcasting first is exact
+        x2 = x.reshape(-1, x.shape[-1]).float()
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
         out = native.load().linear_f32(x2, _as_layout(w, chosen))
         return out.reshape(*x.shape[:-1], w.out_features)
     x_q, x_scale = quantize_activations(x)
     return ternary_linear(x_q, x_scale, w, chosen)
+
+
+def normed_bitlinear(
+    x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: PackedTernary, backend: str = "auto"
+) -> torch.Tensor:
+    """HGRN-bit's BitLinear from raw activations: RMSNorm (own weight), then :func:`bitlinear`.
+
+    On the native backend with float32 ``x`` the norm runs inside the kernel call too (one
+    call per projection; the norm's sum of squares is accumulated in double there).
+    """
+    chosen = resolve_backend(backend, x.device)
+    if chosen == "native" and x.dtype == torch.float32:
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        out = native.load().bitlinear_f32(x2, norm_weight, eps, _as_layout(w, chosen))
+        return out.reshape(*x.shape[:-1], w.out_features)
+    return bitlinear(rms_norm(x, norm_weight, eps), w, chosen)

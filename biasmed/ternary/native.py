@@ -11,8 +11,11 @@ returns None after one warning line on stderr, and the callers use the PyTorch r
 Weights must be in the ``"block256"`` layout (:mod:`biasmed.ternary.packing`); results are exact
 (int32) and the float path reproduces :func:`biasmed.ternary.quant.quantize_activations` and
 :func:`~biasmed.ternary.quant.dequantize_output` operation for operation, so it equals the
-reference bit for bit.  Calls run on the calling thread (no thread pool): on a small shared
-machine that is what gives steady timings, and the weights are 8x smaller than bf16 anyway.
+reference bit for bit.  Calls run on the calling thread unless ``BIASMED_TERNARY_THREADS=N``
+(N > 1) lets products of a few million multiply-adds or more split their output rows over N
+threads.  One thread is the default because threads are started per call: measured on a shared
+2-core machine under load, a thread start waited up to a scheduler timeslice (~4 ms), turning a
+0.2 ms product into 4 ms; on an idle machine 2 threads speed up prefill and large batches.
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from biasmed.ternary.packing import PackedTernary
 LAYOUT = "block256"
 ISA_NAMES = ("scalar", "avx2", "avx512-vnni")
 # -ffp-contract=off: no fused multiply-adds, so the float epilogue rounds exactly like torch's.
-FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-ffp-contract=off")
+FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off")
 ENV_SWITCH = "BIASMED_TERNARY_NATIVE"  # "0" turns the native kernel off
+ENV_THREADS = "BIASMED_TERNARY_THREADS"  # threads per large product (default 1, see above)
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -62,7 +66,7 @@ class NativeKernel:
         m = x_q.shape[0]
         out = torch.empty(m, w.out_features, dtype=torch.int32)
         rc = self.lib.bt_gemm_i8(
-            self.isa, x_q.data_ptr(), m, w.in_features, x_q.stride(0), w.data.data_ptr(), w.out_features,
+            self.isa, _threads(), x_q.data_ptr(), m, w.in_features, x_q.stride(0), w.data.data_ptr(), w.out_features,
             out.data_ptr(),
         )  # fmt: skip
         if rc != 0:
@@ -79,12 +83,39 @@ class NativeKernel:
         scale = w.scale.to(torch.float32).contiguous()
         out = torch.empty(m, w.out_features, dtype=torch.float32)
         rc = self.lib.bt_linear_f32(
-            self.isa, x.data_ptr(), m, w.in_features, x.stride(0), w.data.data_ptr(), w.out_features,
+            self.isa, _threads(), x.data_ptr(), m, w.in_features, x.stride(0), w.data.data_ptr(), w.out_features,
             scale.data_ptr(), int(scale.numel() > 1), out.data_ptr(), None,
         )  # fmt: skip
         if rc != 0:
             raise MemoryError("native ternary kernel: out of memory")
         return out
+
+
+    def bitlinear_f32(self, x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: PackedTernary) -> torch.Tensor:
+        """RMSNorm (``norm_weight``, ``eps``) then :meth:`linear_f32`, in one call (float32 ``x [M, K]``).
+
+        The sum of squares is accumulated in double, so the norm may differ from
+        :func:`biasmed.ternary.quant.rms_norm` in the last bit.
+        """
+        _check(x, w, torch.float32)
+        m = x.shape[0]
+        scale = w.scale.to(torch.float32).contiguous()
+        norm = norm_weight.to(torch.float32).contiguous()
+        out = torch.empty(m, w.out_features, dtype=torch.float32)
+        rc = self.lib.bt_bitlinear_f32(
+            self.isa, _threads(), x.data_ptr(), m, w.in_features, x.stride(0), norm.data_ptr(), eps,
+            w.data.data_ptr(), w.out_features, scale.data_ptr(), int(scale.numel() > 1), out.data_ptr(),
+        )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("native ternary kernel: out of memory")
+        return out
+
+
+def _threads() -> int:
+    try:
+        return max(1, int(os.environ.get(ENV_THREADS, "1")))
+    except ValueError:
+        return 1
 
 
 def _check(x: torch.Tensor, w: PackedTernary, dtype: torch.dtype) -> None:
@@ -140,9 +171,15 @@ def _open(path: Path) -> NativeKernel:
     lib.bt_isa.restype = ctypes.c_int
     lib.bt_isa.argtypes = []
     lib.bt_gemm_i8.restype = ctypes.c_int
-    lib.bt_gemm_i8.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _i64, _ptr, _i64, _ptr]
+    lib.bt_gemm_i8.argtypes = [ctypes.c_int, ctypes.c_int, _ptr, _i64, _i64, _i64, _ptr, _i64, _ptr]
     lib.bt_linear_f32.restype = ctypes.c_int
-    lib.bt_linear_f32.argtypes = [ctypes.c_int, _ptr, _i64, _i64, _i64, _ptr, _i64, _ptr, ctypes.c_int, _ptr, _ptr]
+    lib.bt_linear_f32.argtypes = [
+        ctypes.c_int, ctypes.c_int, _ptr, _i64, _i64, _i64, _ptr, _i64, _ptr, ctypes.c_int, _ptr, _ptr,
+    ]  # fmt: skip
+    lib.bt_bitlinear_f32.restype = ctypes.c_int
+    lib.bt_bitlinear_f32.argtypes = [
+        ctypes.c_int, ctypes.c_int, _ptr, _i64, _i64, _i64, _ptr, ctypes.c_float, _ptr, _i64, _ptr, ctypes.c_int, _ptr,
+    ]  # fmt: skip
     isa = int(lib.bt_isa())
     forced = os.environ.get("BIASMED_TERNARY_ISA")  # tests and benchmarks: a lower ISA than the CPU's
     if forced:

@@ -5,8 +5,10 @@ into an ordinary weight parameter, then ``process_weights_after_loading`` ternar
 output partition with its own absmean scale (a merged QKV keeps one scale per original
 tensor), packs the trits (``biasmed.ternary.packing``: uint8 ``[N, ceil(K/4)]``) and *drops*
 the latent weight. ``apply`` quantizes activations per token to int8 and runs the packed kernel
-(``biasmed.ternary.kernels``: the PyTorch reference on CPU, Triton on CUDA), which accumulates
-``x_q @ trits^T`` exactly in int32 before the float epilogue.
+(``biasmed.ternary.kernels``: the native C++ kernel on CPU, with the quantization fused into
+the call, Triton on CUDA, the PyTorch reference where neither runs), which accumulates
+``x_q @ trits^T`` exactly in int32 before the float epilogue.  The packed bytes are kept in the
+layout that backend reads (``block256`` on CPU), chosen once at load.
 
 Used by the HGRN-bit model for every BitLinear, and by any model served with
 ``LLM(..., quantization="ternary")`` (which then ternarizes all its linear layers).
@@ -25,9 +27,9 @@ from vllm.model_executor.layers.quantization.base_config import (
 )
 from vllm.model_executor.utils import set_weight_attrs
 
-from biasmed.ternary.kernels import ternary_linear, ternary_matmul
+from biasmed.ternary.kernels import bitlinear, layout_for
 from biasmed.ternary.packing import PackedTernary, pack_ternary
-from biasmed.ternary.quant import quantize_activations, ternarize
+from biasmed.ternary.quant import ternarize
 
 NAME = "ternary"
 
@@ -92,7 +94,8 @@ class TernaryLinearMethod(LinearMethodBase):
         trits = torch.cat([t for t, _ in parts], dim=0)
         row_scale = torch.cat([s.reshape(1).expand(n) for (_, s), n in zip(parts, sizes)])
         # Packing is row-wise, so the merged partitions share one packed tensor.
-        layer.weight_packed = torch.nn.Parameter(pack_ternary(trits), requires_grad=False)
+        layer.ternary_layout = layout_for("auto", latent.device)
+        layer.weight_packed = torch.nn.Parameter(pack_ternary(trits, layer.ternary_layout), requires_grad=False)
         layer.weight_scale = torch.nn.Parameter(row_scale.float().contiguous(), requires_grad=False)
         del layer.weight  # free the latent weight: only the packed copy stays in memory
 
@@ -115,14 +118,12 @@ def packed_weight(layer: torch.nn.Module) -> PackedTernary:
         scale=scale.data,
         in_features=int(layer.input_size),
         out_features=int(layer.output_size),
+        layout=getattr(layer, "ternary_layout", "quarter"),
     )
 
 
 def ternary_forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """float32 BitLinear output ``(quant(x) @ trits^T) * w_scale / x_scale`` of a packed layer."""
-    x_q, x_scale = quantize_activations(x)
-    w = packed_weight(layer)
-    if w.scale.dim() == 0:
-        return ternary_linear(x_q, x_scale, w)  # fused epilogue (Triton on CUDA)
-    acc = ternary_matmul(x_q, w)  # merged partitions: one scale per output row
-    return acc.float() * (w.scale / x_scale.float())
+    """float32 BitLinear output ``(quant(x) @ trits^T) * w_scale / x_scale`` of a packed layer.
+
+    Merged partitions carry one scale per output row; the kernels take either."""
+    return bitlinear(x, packed_weight(layer)).float()
