@@ -14,20 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from biasmed.analysis.summary import DEFAULT_CONVENTION, Summary, summarize
+from biasmed.report.html import write_html
 from biasmed.report.plots import write_plots
 from biasmed.report.tables import report_markdown, write_csv
 from biasmed.results import write_text_atomic
-
-try:
-    from biasmed.report.html import write_html
-except ImportError:  # the HTML report (issue 11) is not part of this build: report.html is skipped
-    write_html = None  # type: ignore[assignment]
 
 
 def write_report(summary: Summary, out_dir: str | os.PathLike[str], plots: bool = True,
                  html: bool = True) -> list[Path]:
     """summary.csv, report.md, controls.csv (when a run has controls), the PNG plots and
-    report.html (when the HTML writer is installed) into `out_dir`; returns the paths written."""
+    report.html (unless html=False) into `out_dir`; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [write_csv(summary.table, out / "summary.csv")]
@@ -40,7 +36,7 @@ def write_report(summary: Summary, out_dir: str | os.PathLike[str], plots: bool 
     if len(summary.controls):
         written.append(write_csv(summary.controls, out / "controls.csv"))
     written += pngs
-    if html and write_html is not None:
+    if html:
         written.append(Path(write_html(summary, out / "report.html")))
     return written
 
