@@ -128,9 +128,12 @@ class SamplesWriter:
         except UnicodeEncodeError:  # a reply with a lone surrogate: U+FFFD keeps the line UTF-8
             line = _json.scrub(text).encode("utf-8")
         # one write call per line: with O_APPEND the line lands whole or (killed mid-call) torn last
-        written = os.write(self._fd, line)
-        while written < len(line):
-            written += os.write(self._fd, line[written:])
+        try:
+            written = os.write(self._fd, line)
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+        except OSError as e:  # name the file: os.write's errors do not
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
         self._since_sync += 1
         if self._since_sync >= self._fsync_every:
             os.fsync(self._fd)
@@ -312,13 +315,18 @@ class RunLock:
 
         try:
             self.out.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise InputError(f"{self.out}: not a folder (a file is in the way); pick another --out") from None
+        except OSError as e:  # no permission, a read-only or pseudo file system: a bad --out
+            raise InputError(f"{self.out}: cannot create the run folder ({e.strerror}); pick another --out") from None
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except PermissionError as e:
             raise InputError(f"{self.path}: cannot create the run lock ({e.strerror}); "
                              "pick a writable --out") from None
-        except (FileExistsError, NotADirectoryError):
+        except NotADirectoryError:
             raise InputError(f"{self.out}: not a folder (a file is in the way); pick another --out") from None
-        except OSError as e:
+        except OSError as e:  # ENOSPC included: nothing can be written here
             raise EnvironmentFailure(f"{self.path}: cannot create the run lock ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -341,9 +349,8 @@ class RunLock:
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
-        except OSError as e:
-            os.close(fd)
-            raise EnvironmentFailure(f"{self.path}: cannot write the run lock ({e.strerror})") from None
+        except OSError:  # a full disk: the flock holds all the same; only the holder's name is missing
+            pass
         self._fd = fd
         return self
 

@@ -219,7 +219,7 @@ def test_unwritable_folder_is_one_input_error(tmp_path):
     ro.chmod(0o555)
     tmp_path.chmod(0o755)
     got = _in_child(lambda: RunLock(ro / "run").acquire(), as_nobody=os.geteuid() == 0)
-    assert got.startswith("InputError ") and "cannot create the run lock (Permission denied)" in got, got
+    assert got.startswith("InputError ") and "cannot create the run folder (Permission denied)" in got, got
     assert not (ro / "run").exists()
 
 

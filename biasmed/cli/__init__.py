@@ -6,10 +6,11 @@ Heavy libraries are imported inside the commands, so `biasmed --help` and start-
 from __future__ import annotations
 
 import importlib
+import os
 
 import typer
 
-from biasmed.cli._common import setup_logging
+from biasmed.cli._common import cli_errors, setup_logging
 
 app = typer.Typer(
     name="biasmed",
@@ -37,8 +38,11 @@ def _register_all() -> None:
 def _root(
     ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback behind an error (also BIASMED_DEBUG=1)."),
 ) -> None:
     setup_logging()
+    if debug:
+        os.environ["BIASMED_DEBUG"] = "1"
     if version:
         from biasmed import __version__
 
@@ -54,4 +58,5 @@ _register_all()
 
 def main() -> None:
     setup_logging()
-    app()
+    with cli_errors():  # whatever a command lets through is still one line (--debug: the traceback)
+        app(standalone_mode=True)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn, TypeVar
@@ -28,11 +30,29 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def debug() -> bool:
+    """--debug or BIASMED_DEBUG=1: show tracebacks behind the one-line errors."""
+    return os.environ.get("BIASMED_DEBUG", "") not in ("", "0")
+
+
 @contextmanager
 def cli_errors() -> Iterator[None]:
-    """biasmed's own errors as one line and their exit code (biasmed.errors); Ctrl-C as 130."""
+    """biasmed's own errors as one line and their exit code (biasmed.errors); Ctrl-C as 130; an
+    OSError (the environment) as one line, exit 1; anything else (a bug) as one line, exit 1, with
+    the traceback under --debug."""
     try:
         yield
+    except (typer.Exit, SystemExit):
+        raise
+    except BaseException as e:
+        if debug() and not isinstance(e, KeyboardInterrupt):
+            traceback.print_exc()
+        _one_line_exit(e)
+
+
+def _one_line_exit(e: BaseException) -> NoReturn:
+    try:
+        raise e
     except (RunIncomplete, BudgetReached) as e:
         typer.echo(f"biasmed: {escape_line(str(e))}", err=True)
         raise typer.Exit(e.exit_code) from None
@@ -42,6 +62,11 @@ def cli_errors() -> Iterator[None]:
         fail(str(e), e.exit_code)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except OSError as e:
+        where = f"{e.filename}: " if e.filename else ""
+        fail(f"{where}{e.strerror or e}", 1)
+    except Exception as e:
+        fail(f"internal error: {type(e).__name__}: {e} (run with --debug or BIASMED_DEBUG=1 for the traceback)", 1)
 
 
 def escape_line(text: str) -> str:

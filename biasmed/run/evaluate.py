@@ -9,24 +9,32 @@ not "complete" is raised as one of biasmed.errors' kinds, carrying the outcome.
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import json
 import logging
 import math
+import os
 import re
+import signal
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from biasmed.dataset.biases import available_versions
 from biasmed.dataset.build import build_benchmark, read_benchmark_file
-from biasmed.dataset.medqa import DEMO_NOTE
+from biasmed.dataset.medqa import DEMO_NOTE, SPLITS
 from biasmed.dataset.prompts import parse_mitigations
 from biasmed.dataset.sources import load_sources
 from biasmed.errors import (
+    BiasmedError,
     BudgetReached,
+    EnvironmentFailure,
     FatalRunError,
     InputError,
     RunIncomplete,
@@ -35,10 +43,11 @@ from biasmed.errors import (
 from biasmed.models._apicommon import safe_url
 from biasmed.models.base import Model
 from biasmed.models.registry import parse_spec, resolve_model
-from biasmed.records import MODES, GenParams, Prompt
+from biasmed.records import MODES, TARGET_MODES, GenParams, Prompt
 from biasmed.results import (
     RUN_JSON,
     SAMPLES,
+    RunLock,
     SamplesWriter,
     iter_jsonl,
     new_run_meta,
@@ -90,6 +99,7 @@ class RunSettings:
     max_retry_time: float = 600.0
     backoff: float = 1.0
     max_cost: float | None = None
+    max_response_chars: int = 20_000  # a longer reply is cut (and marked) before it is stored
     prices: str | None = None
     cache: bool = True
     refresh_cache: bool = False
@@ -123,7 +133,14 @@ class RunSettings:
             raise bad("role", f"must be system or user, not {self.role!r}")
         if self.options not in (4, 5):
             raise bad("options", "must be 4 or 5")
-        for name in ("concurrency", "max_tokens", "draws"):
+        if self.split not in SPLITS:
+            raise bad("split", f"must be one of {', '.join(SPLITS)}, not {self.split!r}")
+        if self.target_mode not in TARGET_MODES:
+            raise bad("target_mode", f"must be one of {', '.join(TARGET_MODES)}, not {self.target_mode!r}")
+        if self.template_version not in available_versions():
+            raise bad("template_version", f"must be one of {', '.join(available_versions())}, "
+                                          f"not {self.template_version!r}")
+        for name in ("concurrency", "max_tokens", "draws", "max_response_chars"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
         for name in ("limit", "batch_size"):
@@ -152,6 +169,10 @@ class RunSettings:
             raise bad("biases", "is empty (leave it out for the template version's biases)")
         if not list(self.mitigations):
             raise bad("mitigations", "is empty (leave it out for 'none')")
+        try:
+            parse_mitigations(",".join(self.mitigations))
+        except ValueError as e:
+            raise bad("mitigations", str(e)) from None
 
     def params(self) -> GenParams:
         return GenParams(mode=self.mode, max_tokens=self.max_tokens, temperature=self.temperature,
@@ -185,6 +206,22 @@ def parse_model_options(pairs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def check_out(out: Path) -> None:
+    """An --out that can become a run folder, checked before anything is written: not a file, and
+    inside a folder this user may write to."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a run folder; pick another --out")
+    parent = out
+    while not parent.exists():
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    if parent != out and not parent.is_dir():
+        raise InputError(f"--out {out}: {parent} is a file, not a folder; pick another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out}: {parent} is not writable; pick another --out")
+
+
 def default_out(spec: str, mode: str) -> Path:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", spec).strip("-.") or "run"
     return Path("results") / (slug + ("-logprob" if mode == "logprob" else ""))
@@ -194,6 +231,17 @@ def default_out(spec: str, mode: str) -> Path:
 
 def load_prompts(s: RunSettings) -> tuple[list[Prompt], dict[str, Any]]:
     """The prompts of this run and the manifest describing where they came from."""
+    try:
+        return _load_prompts(s)
+    except BiasmedError:
+        raise
+    except (ValueError, KeyError) as e:  # an unknown bias, mitigation, template...: the user's input
+        raise InputError(str(e.args[0] if e.args else e)) from None
+    except OSError as e:
+        raise InputError(f"{e.filename or 'input'}: {e.strerror or e}") from None
+
+
+def _load_prompts(s: RunSettings) -> tuple[list[Prompt], dict[str, Any]]:
     mits = parse_mitigations(",".join(s.mitigations))
     if s.data is not None:
         return _prompts_from_file(Path(s.data), s.biases, mits, s.limit)
@@ -342,6 +390,8 @@ async def run_folder(model: str | Model, s: RunSettings, out: str | Path | None 
     s.validate()
     spec = model if isinstance(model, str) else model.spec
     provider = parse_spec(spec)[0] if isinstance(model, str) else spec.partition(":")[0]
+    out = Path(out) if out is not None else default_out(spec, s.mode)
+    check_out(out)
     prompts, manifest = load_prompts(s)
     if not prompts:
         raise InputError("no prompts to run (check --data / --biases / --limit)")
@@ -357,7 +407,6 @@ async def run_folder(model: str | Model, s: RunSettings, out: str | Path | None 
         "template_version": manifest.get("template_version"), "template_sha256": manifest.get("template_sha256"),
         "seed": manifest.get("seed"), "target_mode": manifest.get("target_mode"),
     }
-    out = Path(out) if out is not None else default_out(spec, s.mode)
     table = load_prices(Path(s.prices) if s.prices else None)
     price = find_price(table, provider, spec.partition(":")[2])
     if s.max_cost is not None and price is None:
@@ -391,6 +440,19 @@ async def _run(m: Model, spec: str, provider: str, s: RunSettings, prompts: list
                cache: ResponseCache | None, is_demo: bool,
                on_progress: Callable[[RunStats], None] | None,
                on_start: Callable[[int], None] | None) -> RunOutcome:
+    # one writer per folder, for the whole run: a second run stops here, naming this one
+    with RunLock(out) as lock:
+        if lock.took_over:
+            log.info(f"took over the lock of {out} left by {lock.took_over} (no longer running)")
+        return await _run_locked(m, spec, provider, s, prompts, manifest, meta_new, out, price, cache, is_demo,
+                                 on_progress, on_start)
+
+
+async def _run_locked(m: Model, spec: str, provider: str, s: RunSettings, prompts: list[Prompt],
+                      manifest: Mapping[str, Any], meta_new: dict[str, Any], out: Path, price: Price | None,
+                      cache: ResponseCache | None, is_demo: bool,
+                      on_progress: Callable[[RunStats], None] | None,
+                      on_start: Callable[[int], None] | None) -> RunOutcome:
     old = _check_same_run(out, meta_new) if out.exists() else {}
     existing = _existing_samples(out)
     done = {r["sample_id"] for r in existing if "sample_id" in r}
@@ -405,7 +467,8 @@ async def _run(m: Model, spec: str, provider: str, s: RunSettings, prompts: list
     invocations: list[dict[str, Any]] = list(old.get("invocations") or [])
     cfg = RunConfig(concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm, timeout=s.timeout, max_retries=s.max_retries,
                     max_retry_time=s.max_retry_time, backoff_base=s.backoff, max_cost=s.max_cost,
-                    spent_before=spent_before, refresh_cache=s.refresh_cache)
+                    spent_before=spent_before, refresh_cache=s.refresh_cache,
+                    max_response_chars=s.max_response_chars)
     ds = dict(manifest.get("dataset") or {})
     meta.update(meta_new)
     meta.update({
@@ -434,36 +497,110 @@ async def _run(m: Model, spec: str, provider: str, s: RunSettings, prompts: list
     })
     if is_demo:
         meta["WARNING"] = DEMO_NOTE
-    write_json_atomic(out / RUN_JSON, meta)
+    try:
+        write_json_atomic(out / RUN_JSON, meta)
+    except OSError as e:
+        raise _environment_failure(e, out) from None
 
     if on_start is not None:
         on_start(len(todo))
     started_at, t0 = now_iso(), time.monotonic()
-    writer = SamplesWriter(out / SAMPLES)
+    failure: BaseException | None = None
+    try:
+        writer = SamplesWriter(out / SAMPLES)
+    except OSError as e:
+        raise _environment_failure(e, out) from None
     runner = Runner(m, s.params(), writer, cache=cache, price=price, config=cfg, errors_path=out / ERRORS_FILE,
                     on_progress=on_progress, any_success_before=any_success)
+    restore_sigterm = _sigterm_cancels_this_task()
     try:
         try:
             result = await runner.run(todo)
             status, message = result.status, result.message
         finally:
             await m.aclose()
-    except (KeyboardInterrupt, RunInterrupted):
-        status, message = "interrupted", "interrupted (Ctrl-C); run the same command to continue"
+    except (KeyboardInterrupt, RunInterrupted, asyncio.CancelledError):
+        status, message = "interrupted", "interrupted; run the same command to continue"
+    except OSError as e:  # disk full, permission, I/O error: samples written so far are whole
+        failure = _environment_failure(e, out)
+        status, message = "failed", str(failure)
+    except Exception as e:  # a bug: record it in run.json, then let it surface
+        failure = e
+        status, message = "failed", f"internal error: {type(e).__name__}: {e}"[:500]
     finally:
-        writer.close()
+        restore_sigterm()
+        try:
+            writer.close()
+        except OSError as e:
+            if failure is None:
+                failure = _environment_failure(e, out)
+                status, message = "failed", str(failure)
 
     invocations.append({"started_at": started_at, "finished_at": now_iso(),
                         "wall_s": round(time.monotonic() - t0, 3), "status": status,
                         "stats": runner.stats.as_dict()})
     meta.update({"status": status, "message": message, "updated_at": now_iso(), "invocations": invocations,
                  "totals": folder_totals(out, invocations)})
-    write_json_atomic(out / RUN_JSON, meta)
+    write_final_json(out / RUN_JSON, meta)
     outcome = RunOutcome(out, status, message, meta, runner.stats, warnings=list(runner.warnings))
     for w in runner.warnings:
         log.warning(w)
+    if failure is not None:
+        if isinstance(failure, BiasmedError):
+            failure.result = outcome
+        raise failure
     _raise_for(outcome)
     return outcome
+
+
+def _environment_failure(e: OSError, out: Path) -> EnvironmentFailure:
+    """One line for an OSError of the run folder's disk: what failed, where, and that a rerun resumes."""
+    what = {errno.ENOSPC: "disk full (ENOSPC)", errno.EDQUOT: "disk quota exceeded (EDQUOT)",
+            errno.EACCES: "permission denied (EACCES)", errno.EPERM: "not permitted (EPERM)",
+            errno.EROFS: "read-only file system (EROFS)", errno.EFBIG: "file too large (EFBIG)",
+            errno.EIO: "I/O error (EIO)"}.get(e.errno or 0, e.strerror or type(e).__name__)
+    where = e.filename or out
+    return EnvironmentFailure(f"{what} writing {where}; nothing lost: free the space or fix the permission, "
+                              "then run the same command again to resume")
+
+
+def write_final_json(path: Path, meta: Mapping[str, Any]) -> None:
+    """run.json's final state, even on a full disk: atomically if possible, else overwritten in place
+    (the old file's blocks are already allocated, and the compact form fits in them)."""
+    try:
+        write_json_atomic(path, meta)
+        return
+    except OSError:
+        pass
+    data = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    try:
+        size = path.stat().st_size
+        if len(data) > size:  # does not fit: the state and the reason, at least
+            keep = {k: meta.get(k) for k in ("kind", "biasmed_version", "model", "status", "message",
+                                             "updated_at", "created_at", *FINGERPRINT)}
+            data = json.dumps(keep, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+        if len(data) <= size:
+            with open(path, "r+b") as f:
+                f.write(data.ljust(size, b" ")[:size] if len(data) < size else data)
+                f.flush()
+                os.fsync(f.fileno())
+            return
+    except OSError:
+        pass
+    log.warning(f"{path}: could not record the final state ({meta.get('status')}): the disk is full")
+
+
+def _sigterm_cancels_this_task() -> Callable[[], None]:
+    """SIGTERM cancels the run like Ctrl-C (run.json then says "interrupted"); returns the undo."""
+    task = asyncio.current_task()
+    if task is None or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _raise_for(outcome: RunOutcome) -> None:

@@ -51,6 +51,7 @@ class RunConfig:
     spent_before: float = 0.0
     chunk_size: int | None = None  # batched models: prompts per answer() call
     refresh_cache: bool = False  # do not read the cache (still write it)
+    max_response_chars: int | None = 20_000  # longer replies are cut (and marked) before anything stores them
     # --max-tokens of turns read as `Answer: X` (reasoning); None: the run's max_tokens
     answer_line_max_tokens: int | None = None
 
@@ -110,6 +111,14 @@ def chain_change(first: str | None, final: str | None, target: str | None) -> st
     return "other"
 
 
+def cap_reply(ans: Answer, limit: int | None) -> Answer:
+    """`ans` with its reply cut to `limit` characters, the cut marked (`truncated_chars`): a server
+    that ignores max_tokens must not fill the disk or the cache."""
+    if limit is None or ans.text is None or len(ans.text) <= limit:
+        return ans
+    return replace(ans, text=ans.text[:limit], truncated_chars=len(ans.text) - limit)
+
+
 def make_sample(prompt: Prompt, ans: Answer, model_spec: str, mode: str, cost: float,
                 cached: bool, turns: Sequence[Mapping[str, Any]] | None = None) -> Sample:
     """The one Sample for one answered prompt, its verdict from `biasmed.scoring.verdict`.
@@ -135,6 +144,8 @@ def make_sample(prompt: Prompt, ans: Answer, model_spec: str, mode: str, cost: f
         for t in turns:
             for k, n in (t.get("usage") or {}).items():
                 usage[k] = usage.get(k, 0) + int(n or 0)
+    if ans.truncated_chars:
+        extra["truncated_chars"] = ans.truncated_chars
     if ans.finish_reason:
         extra["finish_reason"] = ans.finish_reason
     if ans.refusal:
@@ -282,6 +293,9 @@ class Runner:
         self._reserved = 0.0
         self._any_success = any_success_before
         self.warnings: list[str] = []
+        # a sample that could not be written (disk full...): no new request starts, those in flight
+        # finish into the cache (so a rerun pays nothing twice), then run() raises it
+        self.write_error: OSError | None = None
 
     # -- public ------------------------------------------------------------------------------
     def params_for(self, prompt: Prompt) -> GenParams:
@@ -320,6 +334,8 @@ class Runner:
             raise
         finally:
             self._notify()
+        if self.write_error is not None:
+            raise self.write_error
         return self._result()
 
     # -- paths -------------------------------------------------------------------------------
@@ -454,7 +470,7 @@ class Runner:
                 err: RetryableError
                 try:
                     answers = await _with_timeout(self.model.answer([p], params), cfg.timeout)
-                    ans = answers[0]
+                    ans = cap_reply(answers[0], cfg.max_response_chars)
                 except asyncio.TimeoutError:
                     err = RetryableError(f"timeout after {cfg.timeout:g}s")
                 except RetryableError as e:
@@ -509,6 +525,7 @@ class Runner:
             params = self.params_for(next(iter(group.values())))
             try:
                 answers = await self.model.answer(list(group.values()), params)
+                answers = [cap_reply(a, self.config.max_response_chars) for a in answers]
             except (FatalRunError, asyncio.CancelledError):
                 raise
             except Exception as e:
@@ -575,7 +592,12 @@ class Runner:
             cached = bool(turns) and all(t["cached"] for t in turns)
         if cached:
             self.stats.cache_hits += 1
-        self.writer.append(make_sample(p, ans, self.model.spec, self.params.mode, cost, cached, turns).to_dict())
+        try:
+            self.writer.append(make_sample(p, ans, self.model.spec, self.params.mode, cost, cached, turns).to_dict())
+        except OSError as e:
+            self.write_error = self.write_error or e
+            self._stop = self._stop or "write-error"
+            return
         self.stats.done += 1
         if ans.error is not None:
             self.stats.errors += 1
