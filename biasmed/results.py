@@ -217,7 +217,7 @@ def read_samples(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     out = []
     for n, rec in iter_jsonl_numbered(path):
         check_sample(rec, path, n)
-        sid = rec.get("sample_id")
+        sid = str(rec.get("sample_id"))
         if sid in seen:
             continue
         seen.add(sid)

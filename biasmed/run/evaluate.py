@@ -29,6 +29,7 @@ from typing import Any
 from biasmed.dataset.biases import available_versions
 from biasmed.dataset.build import build_benchmark, read_benchmark_file
 from biasmed.dataset.medqa import DEMO_NOTE, SPLITS
+from biasmed.dataset.mitigations import MitigationSet, load_mitigation_set
 from biasmed.dataset.prompts import parse_mitigations
 from biasmed.dataset.sources import load_sources
 from biasmed.errors import (
@@ -61,6 +62,7 @@ from biasmed.run.pricing import Price, estimate_tokens, find_price, load_prices
 from biasmed.run.runner import ERRORS_FILE, RunConfig, Runner, RunStats
 
 log = logging.getLogger("biasmed")
+DEFAULT_MAX_TOKENS = 16  # a single letter (the paper's replies); reasoning turns get more
 
 # a run folder's identity: what must match for a resume to continue it
 FINGERPRINT = ("model", "base_url", "params", "dataset_sha256", "split", "n_options", "template_version",
@@ -84,10 +86,11 @@ class RunSettings:
     draws: int = 1
     limit: int | None = None
     bias_files: Sequence[str] = ()
+    mitigation_files: Sequence[str] = ()  # user mitigation YAML (biasmed.dataset.mitigations)
     # how the model answers
     mode: str = "generate"
     role: str = "system"
-    max_tokens: int = 16
+    max_tokens: int | None = None  # per turn; None: 16, and 512 for turns read as `Answer: X`
     temperature: float = 0.0
     top_p: float | None = None
     # how requests are made
@@ -140,10 +143,10 @@ class RunSettings:
         if self.template_version not in available_versions():
             raise bad("template_version", f"must be one of {', '.join(available_versions())}, "
                                           f"not {self.template_version!r}")
-        for name in ("concurrency", "max_tokens", "draws", "max_response_chars"):
+        for name in ("concurrency", "draws", "max_response_chars"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
-        for name in ("limit", "batch_size"):
+        for name in ("limit", "batch_size", "max_tokens"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise bad(name, "must be at least 1")
@@ -170,12 +173,16 @@ class RunSettings:
         if not list(self.mitigations):
             raise bad("mitigations", "is empty (leave it out for 'none')")
         try:
-            parse_mitigations(",".join(self.mitigations))
+            parse_mitigations(",".join(self.mitigations), self.mitigation_set())
         except ValueError as e:
             raise bad("mitigations", str(e)) from None
 
+    def mitigation_set(self) -> MitigationSet:
+        """The built-in mitigations plus those of --mitigation-file (DataError for a bad file)."""
+        return load_mitigation_set(list(self.mitigation_files))
+
     def params(self) -> GenParams:
-        return GenParams(mode=self.mode, max_tokens=self.max_tokens, temperature=self.temperature,
+        return GenParams(mode=self.mode, max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS, temperature=self.temperature,
                          top_p=self.top_p, seed=self.seed if self.temperature > 0 else None, role=self.role)
 
     def provider_options(self) -> dict[str, Any]:
@@ -242,13 +249,15 @@ def load_prompts(s: RunSettings) -> tuple[list[Prompt], dict[str, Any]]:
 
 
 def _load_prompts(s: RunSettings) -> tuple[list[Prompt], dict[str, Any]]:
-    mits = parse_mitigations(",".join(s.mitigations))
+    ms = s.mitigation_set()
+    mits = parse_mitigations(",".join(s.mitigations), ms)
     if s.data is not None:
         return _prompts_from_file(Path(s.data), s.biases, mits, s.limit)
     questions, pool, templates = load_sources(s.medqa, s.split, s.options, mits, s.template_version,
                                               [Path(f) for f in s.bias_files] or None)
     bench = build_benchmark(questions, list(s.biases) if s.biases is not None else None, templates, s.seed,
-                            mits, pool, s.target_mode, limit=s.limit, role=s.role, draws=s.draws)
+                            mits, pool, s.target_mode, limit=s.limit, role=s.role, draws=s.draws,
+                            mitigation_set=ms)
     return bench.prompts(), bench.manifest()
 
 
@@ -468,7 +477,8 @@ async def _run_locked(m: Model, spec: str, provider: str, s: RunSettings, prompt
     cfg = RunConfig(concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm, timeout=s.timeout, max_retries=s.max_retries,
                     max_retry_time=s.max_retry_time, backoff_base=s.backoff, max_cost=s.max_cost,
                     spent_before=spent_before, refresh_cache=s.refresh_cache,
-                    max_response_chars=s.max_response_chars)
+                    max_response_chars=s.max_response_chars,
+                    answer_line_max_tokens=s.max_tokens or s.mitigation_set().answer_line_max_tokens)
     ds = dict(manifest.get("dataset") or {})
     meta.update(meta_new)
     meta.update({
