@@ -230,7 +230,7 @@ def test_file_size_limit_stops_with_one_line_then_resume_completes(tmp_path, env
 
 def test_long_replies_are_capped_and_marked_also_from_the_cache(tmp_path, env):
     prompts = build_benchmark(load_demo(), seed=0, limit=1).prompts()
-    long = "B" + "x" * 50_000
+    long = "B: Bronchitis. " + "x" * 50_000
     with FakeAPI(api_key=KEY) as api:
         for p in prompts:
             api.answers[p.sha256] = long
