@@ -29,13 +29,15 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from biasmed.analysis.controls import control_of
+from biasmed.analysis.summary import Summary, main_rows
 from biasmed.records import BIASES, MITIGATIONS, NONE, V2_BIASES
+from biasmed.report import format as fmt
 from biasmed.results import biasmed_version, write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from biasmed.analysis.summary import Summary
 
 PAYLOAD_VERSION = 1
 # Content-Security-Policy: nothing may be fetched; inline script and style only (plotly needs no eval)
@@ -116,7 +118,6 @@ def payload_of(html: str) -> dict[str, Any]:
 
 def page_data(summary: Summary) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready values (NaN -> null)."""
-    from biasmed.analysis.summary import main_rows
 
     table = summary.table
     main = summary.main if getattr(summary, "main", None) is not None else main_rows(table)
@@ -360,7 +361,6 @@ _TMODE_ORDER = {"": 0, "incorrect": 1, "random": 2, "correct": 3}
 
 
 def _cond_order(key: tuple[str, str, int]) -> tuple[Any, ...]:
-    from biasmed.analysis.controls import control_of
 
     bias, tmode, draw = key
     root = control_of(bias) or bias
@@ -396,22 +396,10 @@ def _columns(frame: pd.DataFrame, cols: Sequence[str] | None) -> dict[str, list[
 
 
 def _leaderboard(summary: Summary) -> pd.DataFrame:
-    lb = getattr(summary, "leaderboard", None)
-    if lb is not None:
-        return lb
-    # before Summary carried its leaderboard
-    from biasmed.report.tables import leaderboard
-
-    frame = summary.table.copy()
-    frame.attrs.update(convention=summary.convention, is_demo=summary.is_demo)
-    return leaderboard(frame)
+    return summary.leaderboard
 
 
 def _format_module() -> Any:
-    try:
-        from biasmed.report import format as fmt
-    except ImportError:  # before biasmed.report.format existed
-        from biasmed.report import tables as fmt
     return fmt
 
 
