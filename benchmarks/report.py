@@ -116,12 +116,6 @@ def _cli_seconds(run_dir: Path, out: Path, n_boot: int, extra: list[str]) -> tup
     return wall, cpu
 
 
-def html_writer_installed() -> bool:
-    from biasmed.report import write
-
-    return write.write_html is not None
-
-
 def _phases(run_dir: Path, out: Path, n_boot: int) -> dict[str, tuple[float, float]]:
     """(wall, cpu) seconds of each phase, in this process."""
     from biasmed.analysis.summary import load_run, prepare, summarize
@@ -148,10 +142,9 @@ def _phases(run_dir: Path, out: Path, n_boot: int) -> dict[str, tuple[float, flo
     s = clock()
     write_report(summary, out, plots=True, html=False)
     lap("csv + md + plots", s)
-    if html_writer_installed():
-        s = clock()
-        write_report(summary, out, plots=False, html=True)
-        lap("csv + md + html", s)
+    s = clock()
+    write_report(summary, out, plots=False, html=True)
+    lap("csv + md + report.html", s)
     cols = ["drop", "drop_same_mit", "adoption_diff", "recovery"]
     t["comparisons"] = (float(summary.table[cols].notna().sum().sum()), 0.0)
     return t
