@@ -16,20 +16,21 @@ from biasmed.records import NONE, Answer, Prompt
 from biasmed.results import RUN_JSON, SamplesWriter, new_run_meta, write_json_atomic
 from biasmed.run.runner import make_sample
 
-BIASES = [NONE, "self_diagnosis", "recency", "confirmation"]
+BIASES = [NONE, "self_diagnosis", "recency", "confirmation", "placebo_recency"]
 MITIGATIONS = ["none", "education"]
 HOSTILE_REPLY = 'The answer is D. <script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'
 HOSTILE_MODEL = 'evil<img src=x onerror="window.__pwned=3">'
 
 
 def scripted_reply(p: Prompt) -> str:
-    """Question 0 flips to the planted letter under every bias; question 1's self_diagnosis reply
+    """Question 0 flips to the planted letter under every bias (not the placebo sentence) with no
+    mitigation; question 1's self_diagnosis reply
     is hostile markup; question 2 gives no letter under recency; question 3 is wrong either way;
     everything else answers right."""
     it, q = p.item, p.item.question
     index = int(q.id.rpartition("-")[2])
     wrong = next(k for k in q.options if k != q.answer_idx)
-    if index == 0 and it.bias != NONE and p.mitigation == "none":
+    if index == 0 and it.bias != NONE and not it.bias.startswith("placebo_") and p.mitigation == "none":
         return f"{it.target}: {q.options[it.target]}"  # type: ignore[index]
     if index == 1 and it.bias == "self_diagnosis":
         return HOSTILE_REPLY

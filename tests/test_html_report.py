@@ -253,6 +253,8 @@ def test_loads_offline_without_errors_or_requests(loaded: Loaded) -> None:
     loaded.page.evaluate("document.getElementById('leaderboard').scrollIntoView()")
     loaded.page.evaluate("window.scrollTo(0, 0)")
     loaded.page.wait_for_selector(".bm-chart .main-svg", state="attached")
+    # the placebo runs bring the controls chart and the model-level controls table
+    assert loaded.page.locator(f".bm-model[data-model='{MODEL}'] .bm-chart[data-kind=controls]").count() == 1
 
 
 def test_content_security_policy_blocks_the_network(browser: Any, page_path: Path) -> None:
@@ -281,9 +283,9 @@ def test_content_security_policy_blocks_the_network(browser: Any, page_path: Pat
 
 def test_filters_change_what_the_explorer_shows(fresh: Loaded) -> None:
     all_cards, all_samples = fresh.count()
-    assert (all_cards, all_samples) == (12, 96)
+    assert (all_cards, all_samples) == (12, 120)
     fresh.select("#f-model", MODEL)
-    assert fresh.count() == (6, 48)
+    assert fresh.count() == (6, 60)
     assert {c["model"] for c in fresh.cards()} == {MODEL}
     fresh.select("#f-outcome", "flipped to the planted letter")
     # question 0 flips under its three biases without mitigation
@@ -395,3 +397,13 @@ def test_screenshot_is_written_and_not_blank(browser: Any, page_path: Path, tmp_
     stat = ImageStat.Stat(img.convert("L"))
     assert stat.stddev[0] > 20  # a blank or single-colour page is ~0
     assert len(img.getcolors(maxcolors=1 << 20) or []) > 50
+
+
+def test_report_command_writes_the_page(runs: list[Path], tmp_path: Path, run_cli: Any) -> None:
+    res = run_cli("report", *runs, "--out", tmp_path / "rep", "--n-boot", "0", "--no-plots")
+    assert res.exit_code == 0, res.stderr
+    d = payload_of((tmp_path / "rep" / "report.html").read_text("utf-8"))
+    assert d["meta"]["is_demo"] is True and d["samples"]["models"] == sorted([MODEL, HOSTILE_MODEL])
+    res = run_cli("report", runs[0], "--out", tmp_path / "nohtml", "--n-boot", "0", "--no-plots", "--no-html")
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "nohtml" / "report.md").is_file() and not (tmp_path / "nohtml" / "report.html").exists()

@@ -1,6 +1,6 @@
 """report.html: one self-contained page (overview charts, leaderboard, sample explorer) from a `Summary`.
 
-The page works offline from file://: plotly.js (from the `plotly` package), the page's script and
+The page works offline from file://: plotly.js (its basic bundle, vendored), the page's script and
 styles, and the data are inline; a Content-Security-Policy meta tag forbids every network request.
 The data travel as gzip + base64 (decoded in the browser with DecompressionStream) of one compact
 JSON document:
@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 
 PAYLOAD_VERSION = 1
+# plotly.js basic bundle, from npm plotly.js-basic-dist-min 4.1.1 (update: npm pack, copy, bump)
+PLOTLY_FILE = "plotly-basic.min.js"
+PLOTLY_JS = "plotly.js-basic-dist-min 4.1.1"
 # Content-Security-Policy: nothing may be fetched; inline script and style only (plotly needs no eval)
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
        "font-src 'none'; connect-src 'none'; media-src 'none'; object-src 'none'; frame-src 'none'; "
@@ -96,9 +99,11 @@ _TOKEN = re.compile(r"/\*@([A-Z]+)@\*/|@([A-Z]+)@")
 
 
 def encode_payload(data: Mapping[str, Any]) -> str:
-    """gzip + base64 of compact JSON (base64 has no `<`: safe inside a script element)."""
+    """gzip + base64 of compact JSON (base64 has no `<`: safe inside a script element).
+
+    Level 6: level 9 saves 1% of the 8-model page for 2.5 times the time (benchmarks/html_report.md)."""
     raw = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode("ascii")
+    return base64.b64encode(gzip.compress(raw, compresslevel=6, mtime=0)).decode("ascii")
 
 
 def decode_payload(text: str) -> dict[str, Any]:
@@ -274,6 +279,7 @@ def _text_columns(df: pd.DataFrame, col_q: list[int], col_m: list[int], col_c: l
     t_index: dict[str, int] = {}
     edits: list[list[Any]] = []
     e_index: dict[tuple[int, int, int, str], int] = {}
+    by_text: dict[tuple[int, str], int] = {}
     col_t: list[int] = []
     col_e: list[int] = []
     for i in range(n):
@@ -291,12 +297,15 @@ def _text_columns(df: pd.DataFrame, col_q: list[int], col_m: list[int], col_c: l
         if t == twin:
             col_e.append(-1)
             continue
-        a, b, ins = text_edit(twin, t)
-        key = (ti, a, b, ins)
-        ei = e_index.get(key)
+        ei = by_text.get((ti, t))
         if ei is None:
-            ei = e_index[key] = len(edits)
-            edits.append([ti, a, b, ins])
+            a, b, ins = text_edit(twin, t)
+            key = (ti, a, b, ins)
+            ei = e_index.get(key)
+            if ei is None:
+                ei = e_index[key] = len(edits)
+                edits.append([ti, a, b, ins])
+            by_text[(ti, t)] = ei
         col_e.append(ei)
     return texts, edits, col_t, col_e
 
@@ -313,18 +322,39 @@ def text_edit(twin: str, text: str) -> tuple[int, int, str]:
     def space(s: str, i: int) -> bool:
         return i <= 0 or i >= len(s) or s[i].isspace()
 
-    a = 0
-    while a < limit and twin[a] == text[a]:
-        a += 1
+    a = _common_prefix(twin, text, limit)
     # a boundary: after a space, or before a space (or the end) in both texts
     while a > 0 and not twin[a - 1].isspace() and not (space(twin, a) and space(text, a)):
         a -= 1
-    s = 0
-    while s < limit - a and twin[nt - 1 - s] == text[nx - 1 - s]:
-        s += 1
+    s = _common_suffix(twin, text, limit - a)
     while s > 0 and not twin[nt - s].isspace() and not (space(twin, nt - s - 1) and space(text, nx - s - 1)):
         s -= 1
     return a, nt - s, text[a:nx - s]
+
+
+def _common_prefix(x: str, y: str, limit: int) -> int:
+    """Length of the common prefix (at most `limit`): a binary search over slice comparisons,
+    which run in C (a Python loop over characters made the 8-model page take half a minute)."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if x[:mid] == y[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(x: str, y: str, limit: int) -> int:
+    lo, hi = 0, limit
+    nx, ny = len(x), len(y)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if x[nx - mid:] == y[ny - mid:]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _interned(values: Iterable[Any]) -> tuple[list[str], list[int]]:
@@ -416,10 +446,9 @@ def _asset(name: str) -> str:
 
 
 def _plotly_js() -> str:
-    try:
-        from plotly.offline import get_plotlyjs
-    except ImportError as e:  # a dependency; a broken install says what is missing
-        raise RuntimeError("report.html needs the `plotly` package (pip install plotly)") from e
-    js = get_plotlyjs()
+    """plotly.js's basic bundle (bar, scatter, pie: all the page draws), vendored from npm
+    `plotly.js-basic-dist-min` (MIT, _html/plotly-LICENSE.txt; PLOTLY_JS names the version). The
+    full bundle (4.8 MB) took 1.3 s longer to start in headless Chromium on the 8-model page."""
+    js = _asset(PLOTLY_FILE)
     # inside a <script> element only "</script" (any case) and "<!--" can end or bend it
     return js.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT").replace("<!--", "<\\!--")

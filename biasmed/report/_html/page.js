@@ -15,6 +15,7 @@
   var MIT_COLORS = { 'none': '#4c72b0', 'education': '#dd8452', 'one-shot': '#55a868', 'few-shot': '#c44e52' };
   var PALETTE = ['#8172b3', '#937860', '#da8bc3', '#8c8c8c', '#ccb974', '#64b5cd'];
   var PAGE = 20;
+  var T_START = performance.now();  // this script starts: the page and plotly.js are parsed
 
   // ------------------------------------------------------------------ small DOM helpers
   function el(tag, props) {
@@ -544,13 +545,15 @@
   function start() {
     if (typeof DecompressionStream === 'undefined') { fail(new Error('this browser lacks DecompressionStream')); return; }
     decode().then(function (D) {
+      var tDecoded = performance.now();
       banners(D);
       $('bm-main').hidden = false;
       $('bm-loading').hidden = true;
       overview(D);
       leaderboard(D);
       explorer(D);
-      window.__biasmed = { ready: true, t_ready: performance.now(), samples: X.n, cards: X.cards.length };
+      window.__biasmed = { ready: true, t_ready: performance.now(), t_decoded: tDecoded, t_start: T_START,
+        samples: X.n, cards: X.cards.length };
       document.body.dataset.state = 'ready';
     }).catch(fail);
   }
