@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biasmed.analysis.controls import control_of
-from biasmed.analysis.summary import Summary, main_rows
+from biasmed.analysis.summary import Summary
 from biasmed.records import BIASES, MITIGATIONS, NONE, V2_BIASES
-from biasmed.report import format as fmt
+from biasmed.report.format import DEMO_BANNER, convention_line
 from biasmed.results import biasmed_version, write_text_atomic
 
 if TYPE_CHECKING:
@@ -123,17 +123,13 @@ def payload_of(html: str) -> dict[str, Any]:
 
 def page_data(summary: Summary) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready values (NaN -> null)."""
-
-    table = summary.table
-    main = summary.main if getattr(summary, "main", None) is not None else main_rows(table)
-    fmt = _format_module()
     return {
         "v": PAYLOAD_VERSION,
         "meta": {
             "convention": summary.convention,
-            "convention_line": fmt.convention_line(summary.convention),
+            "convention_line": convention_line(summary.convention),
             "is_demo": bool(summary.is_demo),
-            "demo_banner": fmt.DEMO_BANNER,
+            "demo_banner": DEMO_BANNER,
             "notes": [str(n) for n in summary.notes],
             "runs": [_run_info(r) for r in summary.runs],
             "n_boot": int(summary.n_boot),
@@ -141,9 +137,9 @@ def page_data(summary: Summary) -> dict[str, Any]:
             "biasmed_version": biasmed_version(),
             "outcomes": list(OUTCOMES),
         },
-        "chart": _columns(main, [c for c in CHART_COLUMNS if c in main.columns]),
+        "chart": _columns(summary.main, [c for c in CHART_COLUMNS if c in summary.main.columns]),
         "model_controls": [_clean_row(r) for r in summary.model_controls],
-        "leaderboard": _columns(_leaderboard(summary), None),
+        "leaderboard": _columns(summary.leaderboard, None),
         "samples": sample_data(summary.samples),
     }
 
@@ -423,14 +419,6 @@ def _clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
 def _columns(frame: pd.DataFrame, cols: Sequence[str] | None) -> dict[str, list[Any]]:
     cols = list(frame.columns) if cols is None else list(cols)
     return {c: [_clean(v) for v in frame[c].tolist()] for c in cols}
-
-
-def _leaderboard(summary: Summary) -> pd.DataFrame:
-    return summary.leaderboard
-
-
-def _format_module() -> Any:
-    return fmt
 
 
 def _run_info(run: Mapping[str, Any]) -> dict[str, Any]:
