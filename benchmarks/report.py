@@ -166,7 +166,8 @@ def main() -> None:
         extra = ["--no-html"] if args.no_html else []
         runs = [_cli_seconds(run_dir, Path(tmp) / f"out{i}", args.n_boot, extra) for i in range(args.repeat)]
         for i, (wall, cpu) in enumerate(runs):
-            print(f"biasmed report {' '.join(extra)} (fresh process) #{i + 1}: wall {wall:.2f} s, cpu {cpu:.2f} s")
+            cmd = " ".join(["biasmed report", *extra])
+            print(f"{cmd} (fresh process) #{i + 1}: wall {wall:.2f} s, cpu {cpu:.2f} s")
         print(f"best wall {min(w for w, _ in runs):.2f} s, best cpu {min(c for _, c in runs):.2f} s")
         phases = _phases(run_dir, Path(tmp) / "phases", args.n_boot)
         print("in-process phases (wall / cpu):")
