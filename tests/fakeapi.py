@@ -3,10 +3,14 @@
 Used by the runner tests and the API benchmark: the official SDKs talk to it over a socket, so
 every layer (SDK, httpx, our error mapping, retries) runs for real. Non-streaming only.
 
-- Answers deterministically: the letter is derived from the prompt's sha256 (A-D, valid for 4 or 5
-  options), or scripted per prompt hash through `answers`.
-- Counts what it saw: `received` (requests per prompt sha256) and `answered` (responses written
-  to the socket in full, per prompt sha256).
+- Keys each request on its conversation (`conversation_sha`): the prompt's sha256 while the
+  conversation is that one prompt (the `prompt_sha256` every sample records), else the sha256 of
+  the prompt plus every later turn (a chain's turn 2 differs from its turn 1).
+- Answers deterministically: the letter is derived from the key (A-D, valid for 4 or 5 options);
+  a conversation that already has an assistant turn (a chain's follow-up) gets `Answer: X`. Or
+  scripted per key through `answers`.
+- Counts what it saw: `received` (requests per key) and `answered` (responses written to the
+  socket in full, per key).
 - Injects faults on demand (`inject(fault, times)`): 429 (Retry-After), 500, 529, hang, reset,
   malformed JSON, empty content, refusal, 401, 403, 400 context-length, 400 bad parameter.
 - `freeze()` holds every response; `release(abandon=True)` then drops the held connections
@@ -26,9 +30,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 FAULTS = ("429", "500", "529", "hang", "reset", "malformed", "empty", "refusal", "401", "403",
           "400-context", "400-param")
@@ -41,6 +46,20 @@ def prompt_sha(text: str) -> str:
 
 def letter_for(text: str) -> str:
     return LETTERS[hashlib.sha256(text.encode("utf-8")).digest()[0] % len(LETTERS)]
+
+
+def conversation_sha(text: str, later: Sequence[tuple[str, str]] = ()) -> str:
+    """The key of a request: `prompt_sha(text)` for the prompt alone; with `later` turns (role,
+    content from the first assistant reply on, as `Prompt.history`), the whole conversation's."""
+    if not later:
+        return prompt_sha(text)
+    return prompt_sha(json.dumps([text, *([r, c] for r, c in later)], ensure_ascii=False))
+
+
+def reply_for(key: str, later: Sequence[tuple[str, str]] = ()) -> str:
+    """The unscripted reply: a letter, or `Answer: X` for a follow-up turn (X from the key)."""
+    letter = LETTERS[bytes.fromhex(key)[0] % len(LETTERS)]
+    return f"Answer: {letter}" if later else letter
 
 
 @dataclass
@@ -110,7 +129,7 @@ class FakeAPI:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self, port: int = 0) -> "FakeAPI":
+    def start(self, port: int = 0) -> FakeAPI:
         handler = type("_Handler", (_Handler,), {"api": self})
         self._server = _Server(("127.0.0.1", port), handler)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True,
@@ -125,7 +144,7 @@ class FakeAPI:
             self._server.shutdown()
             self._server.server_close()
 
-    def __enter__(self) -> "FakeAPI":
+    def __enter__(self) -> FakeAPI:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -142,16 +161,22 @@ class FakeAPI:
         return None
 
 
-def _main_text(system: str | None, messages: list[dict[str, Any]]) -> str:
-    """The biasmed prompt inside a request: the longest text among system and message contents."""
+def _content(c: Any) -> str:
+    if isinstance(c, str):
+        return c
+    if isinstance(c, list):
+        return "".join(b.get("text", "") for b in c if isinstance(b, dict))
+    return ""
+
+
+def _conversation(system: str | None, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[str, str]]]:
+    """(the biasmed prompt, the later turns) of a request: the prompt is the longest text among
+    system and the messages before the first assistant turn; the later turns start there."""
+    first = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
     texts = [system] if isinstance(system, str) else []
-    for m in messages:
-        c = m.get("content")
-        if isinstance(c, str):
-            texts.append(c)
-        elif isinstance(c, list):
-            texts.extend(b.get("text", "") for b in c if isinstance(b, dict))
-    return max(texts, key=len) if texts else ""
+    texts += [_content(m.get("content")) for m in messages[:first]]
+    later = [(str(m.get("role")), _content(m.get("content"))) for m in messages[first:]]
+    return (max(texts, key=len) if texts else ""), later
 
 
 class _Server(ThreadingHTTPServer):
@@ -249,8 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._send_json(400, {"error": {"message": "bad json"}})
             return
-        text = _main_text(body.get("system"), body.get("messages", []))
-        sha = prompt_sha(text)
+        text, later = _conversation(body.get("system"), body.get("messages", []))
+        sha = conversation_sha(text, later)
         key = (self.headers.get("x-api-key") or self.headers.get("Authorization", "").removeprefix("Bearer ")).strip()
         self._key = key
         with api._lock:
@@ -263,12 +288,13 @@ class _Handler(BaseHTTPRequestHandler):
             api.inflight += 1
             api.max_inflight = max(api.max_inflight, api.inflight)
         try:
-            self._answer(flavor, body, text, sha, key)
+            self._answer(flavor, body, text, sha, key, later)
         finally:
             with api._lock:
                 api.inflight -= 1
 
-    def _answer(self, flavor: str, body: dict[str, Any], text: str, sha: str, key: str) -> None:
+    def _answer(self, flavor: str, body: dict[str, Any], text: str, sha: str, key: str,
+                later: list[tuple[str, str]]) -> None:
         api = self.api
         if api.api_key is not None and key != api.api_key:
             self._error(flavor, 401)
@@ -281,16 +307,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and self._fault(flavor, fault, body, text):
             return
-        reply = api.answers.get(sha, letter_for(text))
-        payload = self._ok(flavor, body, text, reply, refusal=None)
+        reply = api.answers.get(sha, letter_for(text) if not later else reply_for(sha, later))
+        payload = self._ok(flavor, body, text, reply, refusal=None, later=later)
         if self._send_json(200, payload):
             with api._lock:
                 api.answered[sha] += 1
 
     # -- responses ---------------------------------------------------------------------------
     def _ok(self, flavor: str, body: dict[str, Any], text: str, reply: str | None,
-            refusal: str | None) -> dict[str, Any]:
-        n_in = max(1, len(text) // 4)
+            refusal: str | None, later: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+        n_in = max(1, (len(text) + sum(len(c) for _, c in later)) // 4)
         n_out = 0 if not reply else max(1, len(reply) // 4)
         if flavor == "anthropic":
             content = [] if refusal else [{"type": "text", "text": reply or ""}]
