@@ -45,7 +45,7 @@ class Model(abc.ABC):
         """Explicit parts of the cache key (provider, model, base URL...), never a secret."""
         return {"spec": self.spec}
 
-    async def prepare(self) -> None:
+    async def prepare(self) -> None:  # noqa: B027  (optional: a default that does nothing)
         """Load weights or open clients; called once before the first `answer()`."""
 
     @abc.abstractmethod
@@ -54,5 +54,5 @@ class Model(abc.ABC):
         call, `FatalRunError` when no prompt can succeed; a failure of one prompt is its Answer's
         `error`."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027  (optional: a default that does nothing)
         """Release clients, threads, memory."""

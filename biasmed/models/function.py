@@ -37,8 +37,8 @@ class FunctionModel(Model):
             raise TypeError("the model must be a spec string, a biasmed.Model, or a function messages -> reply")
         self.fn = fn
         self.spec = spec or function_spec(fn)
-        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None))
+        # an `async def` function, or an object whose class defines `async def __call__`
+        self._is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
     def cache_identity(self) -> dict[str, Any]:
         return {"provider": "python", "function": self.spec}

@@ -610,7 +610,11 @@ def _sigterm_cancels_this_task() -> Callable[[], None]:
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     except (NotImplementedError, RuntimeError, ValueError):
         return lambda: None
-    return lambda: loop.remove_signal_handler(signal.SIGTERM)
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+    return undo
 
 
 def _raise_for(outcome: RunOutcome) -> None:

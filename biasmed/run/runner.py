@@ -589,7 +589,7 @@ class Runner:
     def _write(self, p: Prompt, ans: Answer, cost: float, turns: list[dict[str, Any]] | None,
                cached: bool | None = None) -> None:
         if cached is None:
-            cached = bool(turns) and all(t["cached"] for t in turns)
+            cached = bool(turns) and all(t["cached"] for t in turns or ())
         if cached:
             self.stats.cache_hits += 1
         try:
