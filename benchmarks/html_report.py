@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--convention", default="robust")
     ap.add_argument("--loads", type=int, default=3)
+    ap.add_argument("--screenshot", type=Path, help="also write the README's screenshot (docs/report.png) here")
+    ap.add_argument("--shot-model", default="gpt-4-0613", help="the model the screenshot's explorer shows")
     ap.add_argument("--chromium", default=os.environ.get("BIASMED_CHROMIUM", "/usr/bin/chromium"))
     a = ap.parse_args()
 
@@ -87,12 +89,42 @@ def main() -> None:
                           "wall_s": round(wall, 2), "filter_ms": round(t_filter), "search_ms": round(t_search),
                           "heap_mb": round(heap / 2**20) if heap else None, "errors": errors[:3]})
             page.close()
+        if a.screenshot:
+            screenshot(browser, path, a.screenshot, a.shot_model)
         browser.close()
     res["loads"] = loads
     res["ready_ms_median"] = statistics.median(x["ready_ms"] for x in loads)
     res["first_chart_ms_median"] = statistics.median(x["first_chart_ms"] for x in loads)
     res["machine"] = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     print(json.dumps(res, indent=1))
+
+
+def screenshot(browser, page_path: Path, out: Path, model: str) -> None:
+    """The top of the page (banners, one model's charts) over one flipped question in the explorer."""
+    from PIL import Image
+
+    page = browser.new_page(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    page.goto(page_path.resolve().as_uri(), timeout=120_000)
+    page.wait_for_selector("body[data-state=ready]", state="attached", timeout=120_000)
+    page.wait_for_selector(".bm-chart[data-kind=drop] .main-svg", state="attached")
+    page.wait_for_timeout(500)
+    top = page.screenshot(clip={"x": 0, "y": 0, "width": 1280, "height": 900})
+    page.select_option("#f-model", label=model)
+    page.select_option("#f-bias", label="confirmation")
+    page.select_option("#f-mit", label="none")
+    page.select_option("#f-outcome", label="flipped to the planted letter")
+    page.evaluate("document.getElementById('explorer').scrollIntoView()")
+    page.wait_for_timeout(300)
+    low = page.screenshot()
+    page.close()
+    import io
+
+    a, b = Image.open(io.BytesIO(top)), Image.open(io.BytesIO(low))
+    sheet = Image.new("RGB", (1280, a.height + b.height + 8), "#24324a")
+    sheet.paste(a, (0, 0))
+    sheet.paste(b, (0, a.height + 8))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
 
 
 if __name__ == "__main__":
