@@ -54,7 +54,7 @@ def data(page_path: Path) -> dict[str, Any]:
 def _chromium() -> str | None:
     env = os.environ.get("BIASMED_CHROMIUM")
     if env:
-        return env
+        return env if os.access(env, os.X_OK) else None
     for name in ("/usr/bin/chromium", "chromium", "chromium-browser"):
         found = shutil.which(name)
         if found:

@@ -191,9 +191,10 @@ def sample_data(df: pd.DataFrame) -> dict[str, Any]:
         q = col_q[i]
         if gold[q] is None and isinstance(answer[i], str):
             gold[q] = answer[i]
-        if opts[q] is None and isinstance(options[i], dict) and options[i]:
-            order = choices[i] if isinstance(choices[i], list) and choices[i] else sorted(options[i])
-            opts[q] = [[str(k), str(options[i].get(k, ""))] for k in order]
+        opt, ch = options[i], choices[i]
+        if opts[q] is None and isinstance(opt, dict) and opt:
+            order = ch if isinstance(ch, list) and ch else sorted(opt)
+            opts[q] = [[str(k), str(opt.get(k, ""))] for k in order]
 
     # each sample's baseline: right on its unbiased twin (same model, no mitigation, else same mitigation)
     base: dict[tuple[int, int, int], bool] = {}
@@ -212,10 +213,10 @@ def sample_data(df: pd.DataFrame) -> dict[str, Any]:
     errors, col_x = _interned(df["error"].tolist() if "error" in df else [None] * n)
 
     # card order: model, question, condition, mitigation (a card's samples are contiguous)
-    order = np.lexsort((np.array(col_g), np.array(col_c), np.array(col_q), np.array(col_m)))
+    card_order = np.lexsort((np.array(col_g), np.array(col_c), np.array(col_q), np.array(col_m)))
 
     def col(values: Sequence[Any]) -> list[Any]:
-        return [values[int(j)] for j in order]
+        return [values[int(j)] for j in card_order]
 
     return {
         "models": models,
@@ -296,10 +297,10 @@ def _text_columns(df: pd.DataFrame, col_q: list[int], col_m: list[int], col_c: l
         ei = by_text.get((ti, t))
         if ei is None:
             a, b, ins = text_edit(twin, t)
-            key = (ti, a, b, ins)
-            ei = e_index.get(key)
+            ekey = (ti, a, b, ins)
+            ei = e_index.get(ekey)
             if ei is None:
-                ei = e_index[key] = len(edits)
+                ei = e_index[ekey] = len(edits)
                 edits.append([ti, a, b, ins])
             by_text[(ti, t)] = ei
         col_e.append(ei)
