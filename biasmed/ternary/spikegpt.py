@@ -195,6 +195,8 @@ def _token_shift(
     """
     carried = carried.to(h.dtype)
     if mask is None:
+        if h.shape[1] == 1:  # RNN mode: the previous token is the carried value itself
+            return carried[:, None], h[:, -1]
         prev = torch.cat([carried[:, None], h[:, :-1]], dim=1)
         return prev, h[:, -1]
     batch, steps, channels = h.shape
@@ -359,14 +361,16 @@ class SpikeGPTBlock(nn.Module):
         self.halve_after = every > 0 and (layer_id + 1) % every == 0
 
     def forward(
-        self, x: torch.Tensor, state: torch.Tensor, mask: torch.Tensor | None = None
+        self, x: torch.Tensor, state: torch.Tensor, mask: torch.Tensor | None = None, inplace: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, T, C); state: (B, 7, C) float32; mask: (B, T) bool or None.
 
-        Returns the new x, the new state and the spikes (B, T, 2, C) of both neurons.
+        Returns the new x, the new state and the spikes (B, T, 2, C) of both neurons.  With
+        ``inplace`` the given state tensor is updated and returned (no per-layer copy).
         """
         cfg = self.config
-        state = state.clone()
+        if not inplace:
+            state = state.clone()
         if self.layer_id == 0:
             x = self.ln0(x)
         current = self.att(self.ln1(x), state, mask, self.branch_scale)
@@ -507,12 +511,13 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
                 f"SpikeGPT.forward: rnn_state has shape {tuple(state.shape)}, expected "
                 f"{(self.config.num_hidden_layers, batch, STATE_SLOTS, self.config.hidden_size)}"
             )
-        new_layers = []
+        # One copy of the whole state, updated layer by layer in place: the caller's state stays
+        # untouched, and a decode step makes no per-layer copies and no final stack.
+        new_state = state.clone()
         hidden_states = [x] if output_hidden_states else None
         spikes = [] if output_spikes else None
         for i, block in enumerate(self.blocks):
-            x, layer_state, layer_spikes = block(x, state[i], mask)
-            new_layers.append(layer_state)
+            x, _, layer_spikes = block(x, new_state[i], mask, inplace=True)
             if hidden_states is not None:
                 hidden_states.append(x)
             if spikes is not None:
@@ -529,7 +534,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         output = SpikeGPTCausalLMOutput(
             loss=loss,
             logits=logits,
-            rnn_state=torch.stack(new_layers) if keep_state else None,
+            rnn_state=new_state if keep_state else None,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
             spikes=tuple(spikes) if spikes is not None else None,
         )
