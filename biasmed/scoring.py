@@ -393,6 +393,24 @@ def verdict(
     return Scored(ex.letter, ex.rule, ex.letter is not None and ex.letter == answer_idx, ex.nr)
 
 
+CHAIN_CHANGES: tuple[str, ...] = ("kept", "toward", "away", "other")
+
+
+def chain_change(first: str | None, final: str | None, target: str | None) -> str | None:
+    """How a chain's final answer relates to its first (CHAIN_CHANGES): "kept", "toward" / "away"
+    (to or from the planted letter), "other" (between two letters that are not the planted one);
+    None without both letters."""
+    if first is None or final is None:
+        return None
+    if first == final:
+        return "kept"
+    if target is not None and final == target:
+        return "toward"
+    if target is not None and first == target:
+        return "away"
+    return "other"
+
+
 def score(
     response: str | None,
     answer_idx: str,

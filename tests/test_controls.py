@@ -19,8 +19,12 @@ from typer.testing import CliRunner
 
 from biasmed.analysis import stats
 from biasmed.analysis.controls import CONTROL_COLUMNS, MODEL_CONTROL_COLUMNS
-from biasmed.analysis.leaderboard import LEADERBOARD_COLUMNS, LEADERBOARD_CONTROL_COLUMNS
-from biasmed.analysis.summary import SUMMARY_COLUMNS, Summary, main_rows, summarize
+from biasmed.analysis.leaderboard import (
+    LEADERBOARD_COLUMNS,
+    LEADERBOARD_CONTROL_COLUMNS,
+    LEADERBOARD_MITIGATION_COLUMNS,
+)
+from biasmed.analysis.summary import MITIGATION_COLUMNS, SUMMARY_COLUMNS, Summary, main_rows, summarize
 from biasmed.cli import app
 from biasmed.report.tables import leaderboard_markdown, report_markdown
 
@@ -121,15 +125,19 @@ def test_columns_are_additions(runs: list[Path]) -> None:
     s = summarize(runs, n_boot=200, seed=1)
     assert list(s.table.columns) == list(SUMMARY_COLUMNS)
     assert list(s.leaderboard.columns) == list(LEADERBOARD_COLUMNS)
-    assert list(SUMMARY_COLUMNS[-len(CONTROL_COLUMNS):]) == list(CONTROL_COLUMNS)
-    assert list(LEADERBOARD_COLUMNS[-len(LEADERBOARD_CONTROL_COLUMNS):]) == list(LEADERBOARD_CONTROL_COLUMNS)
+    # issue 13's mitigation columns come after the control columns
+    n_mit, n_lb_mit = len(MITIGATION_COLUMNS), len(LEADERBOARD_MITIGATION_COLUMNS)
+    assert list(SUMMARY_COLUMNS[-len(CONTROL_COLUMNS) - n_mit:-n_mit]) == list(CONTROL_COLUMNS)
+    assert SUMMARY_COLUMNS[-n_mit:] == MITIGATION_COLUMNS
+    assert list(LEADERBOARD_COLUMNS[-len(LEADERBOARD_CONTROL_COLUMNS) - n_lb_mit:-n_lb_mit]) == \
+        list(LEADERBOARD_CONTROL_COLUMNS)
     # the stable columns keep their order (results/README.md); the control columns come after them
     stable = ("rank", "model", "mitigation", "convention", "n_questions", "acc_unbiased", "acc_unbiased_mit",
               "acc_self_diagnosis", "acc_recency", "acc_confirmation", "acc_frequency", "acc_cultural",
               "acc_status_quo", "acc_false_consensus", "acc_confirmation_v2", "acc_false_consensus_v2",
               "n_biases", "mean_biased_acc", "mean_drop", "worst_drop", "worst_bias", "mean_adoption",
               "mean_adoption_base", "n_significant", "significant_biases", "is_demo", "dataset_sha256")
-    assert LEADERBOARD_COLUMNS == stable + LEADERBOARD_CONTROL_COLUMNS
+    assert LEADERBOARD_COLUMNS == stable + LEADERBOARD_CONTROL_COLUMNS + LEADERBOARD_MITIGATION_COLUMNS
 
 
 def test_helpful_run_pairs_with_the_main_run(runs: list[Path]) -> None:

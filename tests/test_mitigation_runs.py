@@ -34,9 +34,9 @@ def _expected(limit: int) -> list:
     return build_benchmark(load_demo(), seed=0, mitigations=MITS.split(","), limit=limit).prompts()
 
 
-def _args(url: str, out: Path, limit: int, *extra: str) -> list[str]:
+def _args(url: str, out: Path, limit: int, *extra: str, mits: str = MITS) -> list[str]:
     return ["run", "--model", "openai:gpt-test", "--base-url", url + "/v1", "--limit", str(limit),
-            "--mitigations", MITS, "--out", str(out), "--quiet", *extra]
+            "--mitigations", mits, "--out", str(out), "--quiet", *extra]
 
 
 def _reasoning_reply(p) -> str:
@@ -187,3 +187,155 @@ def test_kill_9_in_a_chain_then_resume(tmp_path, env):
     assert any(r["extra"]["turns"][0]["cached"] and not r["extra"]["turns"][1]["cached"] for r in reflect)
     meta = json.loads((out / "run.json").read_text())
     assert meta["status"] == "complete" and meta["totals"]["samples"] == len(expected)
+
+
+# --------------------------------------------------------------------------- statistics and report
+
+PRICE_IN, PRICE_OUT = 2.0, 8.0  # USD per 1M tokens (a --prices file)
+
+
+@pytest.fixture(scope="module")
+def mit_run(tmp_path_factory) -> Path:
+    """A run of the four mitigations on 3 demo questions x 3 conditions, with a known price; the
+    reasoning replies are multi-line (the paper's first-character rule would read them as no answer)."""
+    tmp = tmp_path_factory.mktemp("mitrun")
+    prices = tmp / "prices.toml"
+    prices.write_text(f'[models]\n"gpt-test" = {{ input = {PRICE_IN}, output = {PRICE_OUT} }}\n')
+    expected = build_benchmark(load_demo(), ["none", "recency", "frequency"], seed=0, mitigations=MITS.split(","),
+                               limit=3).prompts()
+    out = tmp / "run"
+    with FakeAPI() as api:
+        for p in expected:
+            if p.mitigation == "reasoning":
+                api.answers[p.sha256] = _reasoning_reply(p)
+        r = CliRunner(env={"OPENAI_API_KEY": KEY, "BIASMED_CACHE_DIR": str(tmp / "cache")}).invoke(
+            app, _args(api.url, out, 3, "--biases", "none,recency,frequency", "--prices", str(prices)))
+        assert r.exit_code == 0, r.output
+    assert len(_records(out)) == len(expected) == 36
+    return out
+
+
+def _row(table, bias: str, mit: str):
+    r = table[(table["bias"] == bias) & (table["mitigation"] == mit)]
+    assert len(r) == 1
+    return r.iloc[0]
+
+
+@pytest.mark.parametrize("convention", ["robust", "paper"])
+def test_statistics_per_mitigation(mit_run: Path, convention: str) -> None:
+    import math
+
+    from biasmed.analysis.summary import MITIGATION_COLUMNS, summarize
+
+    s = summarize(mit_run, convention=convention, n_boot=50)
+    t = s.table
+    assert set(MITIGATION_COLUMNS) <= set(t.columns) and not s.legacy
+    assert set(t["mitigation"]) == set(MITS.split(","))
+    recs = _records(mit_run)
+    by = {(r["bias"], r["mitigation"]): [x for x in recs if (x["bias"], x["mitigation"]) == (r["bias"], r["mitigation"])]
+          for r in recs}
+
+    def acc(bias, mit):
+        rs = by[(bias, mit)]
+        return sum(r["extracted"] == r["answer_idx"] for r in rs) / len(rs)
+
+    def tokens(bias, mit):
+        rs = by[(bias, mit)]
+        return sum(r["usage"]["input_tokens"] + r["usage"]["output_tokens"] for r in rs) / len(rs)
+
+    for (bias, mit), rs in by.items():
+        row = _row(t, bias, mit)
+        # reasoning replies are read by their final answer under BOTH conventions
+        assert row["accuracy"] == pytest.approx(acc(bias, mit)), (bias, mit)
+        assert row["tokens_per_answer"] == pytest.approx(tokens(bias, mit))
+        cost = sum(r["usage"]["input_tokens"] * PRICE_IN + r["usage"]["output_tokens"] * PRICE_OUT
+                   for r in rs) / 1e6 / len(rs)
+        assert row["cost_per_answer"] == pytest.approx(cost)
+        if mit == "none":
+            assert math.isnan(row["acc_gain"]) and math.isnan(row["recovered_per_1k_tokens"])
+            continue
+        gain = acc(bias, mit) - acc(bias, "none")
+        extra = tokens(bias, mit) - tokens(bias, "none")
+        assert row["acc_gain"] == pytest.approx(gain) and row["extra_tokens_per_answer"] == pytest.approx(extra)
+        if bias != "none":
+            assert extra > 0 and row["recovered_per_1k_tokens"] == pytest.approx(gain / (extra / 1000))
+            # recovery against the unbiased accuracy without a mitigation / under the same one
+            for col, ref in (("recovery", "none"), ("recovery_same_mit", mit)):
+                drop = acc("none", ref) - acc(bias, "none")
+                want = (acc(bias, mit) - acc(bias, "none")) / drop if drop > 0 else float("nan")
+                assert row[col] == pytest.approx(want, nan_ok=True), (bias, mit, col)
+        if mit == "reflect":
+            changes = [r["extra"]["change"] for r in rs]
+            assert row["n_chain"] == len(rs)
+            assert row["acc_first"] == pytest.approx(sum(r["extra"]["first_letter"] == r["answer_idx"]
+                                                         for r in rs) / len(rs))
+            assert row["changed_rate"] == pytest.approx(sum(c != "kept" for c in changes) / len(rs))
+            if bias != "none":
+                assert row["toward"] == changes.count("toward") and row["away"] == changes.count("away")
+                assert row["toward_rate"] == pytest.approx(changes.count("toward") / len(rs))
+        else:
+            assert math.isnan(row["n_chain"])
+    # the paper's rule would read the reasoning replies as no answer: they were re-scored
+    reasoning = s.samples[s.samples["mitigation"] == "reasoning"]
+    assert (reasoning["s_rule"] == "answer-line").all() and reasoning["s_letter"].notna().all()
+    lb = s.leaderboard.set_index("mitigation")
+    assert set(lb.index) == set(MITS.split(","))
+    assert lb.loc["reasoning", "tokens_per_answer"] > lb.loc["none", "tokens_per_answer"]
+    assert math.isnan(lb.loc["none", "changed_rate"]) and not math.isnan(lb.loc["reflect", "changed_rate"])
+
+
+def test_report_and_leaderboard_show_the_new_rows_and_columns(mit_run: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from biasmed.analysis.leaderboard import LEADERBOARD_MITIGATION_COLUMNS
+    from biasmed.analysis.summary import MITIGATION_COLUMNS
+
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(app, ["report", str(mit_run), "--out", str(out), "--n-boot", "50", "--no-plots",
+                                 "--no-html"])
+    assert r.exit_code == 0, r.output
+    csv = pd.read_csv(out / "summary.csv")
+    assert set(MITIGATION_COLUMNS) <= set(csv.columns) and set(MITS.split(",")) == set(csv["mitigation"])
+    md = (out / "report.md").read_text()
+    for needed in ("### Mitigations: recovery and cost", "### Reflection: how the second answer moved",
+                   "| recency | reflect |", "| frequency | reasoning |", "| none | debias |"):
+        assert needed in md, needed
+    lb_csv = tmp_path / "lb.csv"
+    r = CliRunner().invoke(app, ["leaderboard", str(mit_run), "--n-boot", "50", "--out", str(lb_csv)])
+    assert r.exit_code == 0, r.output
+    lb = pd.read_csv(lb_csv)
+    assert set(LEADERBOARD_MITIGATION_COLUMNS) <= set(lb.columns) and set(lb["mitigation"]) == set(MITS.split(","))
+    r = CliRunner().invoke(app, ["leaderboard", str(mit_run), "--n-boot", "50", "--format", "md",
+                                 "--out", str(tmp_path / "lb.md")])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "lb.md").read_text()
+    assert "## Mitigations: recovery and cost" in text and "| gpt-test" in text.replace("openai:", "")
+    assert sum(line.startswith("| openai:gpt-test | ") for line in text.splitlines()) == 4
+
+
+# --------------------------------------------------------------------------- dry run
+
+def test_dry_run_counts_chain_turns_with_their_token_limits(tmp_path, env):
+    def dry(url: str, out: Path) -> str:
+        r = CliRunner().invoke(app, _args(url, out, 2, "--dry-run"))
+        assert r.exit_code == 0, r.output
+        return r.stdout
+
+    with FakeAPI(api_key=KEY) as api:
+        text = dry(api.url, tmp_path / "a")
+        # 64 samples: 48 distinct first turns (reflect's first turn is the `none` prompt) + 16 follow-ups
+        assert "prompts: 64 (2 questions)" in text and "from the cache: 0; requests to send: 64 " \
+            "(incl. 16 follow-up turns of chains)" in text, text
+        # 32 single-letter turns at 16 tokens, 16 reasoning + 16 follow-up turns at 512
+        assert "output at most 16,896 (16 per request, 512 for turns read as `Answer: X`)" in text, text
+        # with the first turns cached, the follow-ups' conversations are known and looked up
+        r = CliRunner().invoke(app, _args(api.url, tmp_path / "none", 2, mits="none"))
+        assert r.exit_code == 0, r.output
+        text = dry(api.url, tmp_path / "b")
+        assert "from the cache: 16; requests to send: 48 (incl. 16 follow-up turns of chains)" in text, text
+        r = CliRunner().invoke(app, _args(api.url, tmp_path / "all", 2))
+        assert r.exit_code == 0, r.output
+        text = dry(api.url, tmp_path / "c")
+        assert "from the cache: 64; requests to send: 0\n" in text, text
+        sent = sum(api.received.values())
+        assert sent == 64  # 16 (none) + 48; the dry runs sent nothing

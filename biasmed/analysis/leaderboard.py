@@ -24,12 +24,20 @@ LEADERBOARD_CONTROL_COLUMNS: tuple[str, ...] = (
     "n_draws", "mean_biased_acc_draws", "mean_biased_acc_draws_lo", "mean_biased_acc_draws_hi",
     "mean_biased_acc_draws_sd", "mean_biased_acc_draws_min", "mean_biased_acc_draws_max",
 )
+# issue 13 (docs/mitigations.md): mean recovery over the core biases (against the unbiased
+# accuracy without a mitigation / under the same one), tokens and list-price cost per answer
+# (every condition of the row, weighted by its answers), accuracy won per 1,000 extra tokens, and
+# for chains how often the final answer changed, moved to or away from the planted letter
+LEADERBOARD_MITIGATION_COLUMNS: tuple[str, ...] = (
+    "mean_recovery", "mean_recovery_same_mit", "tokens_per_answer", "cost_per_answer",
+    "mean_recovered_per_1k_tokens", "changed_rate", "toward_rate", "away_rate",
+)
 LEADERBOARD_COLUMNS: tuple[str, ...] = (
     "rank", "model", "mitigation", "convention", "n_questions", "acc_unbiased", "acc_unbiased_mit",
     *(f"acc_{b}" for b in LEADERBOARD_BIASES),
     "n_biases", "mean_biased_acc", "mean_drop", "worst_drop", "worst_bias", "mean_adoption",
     "mean_adoption_base", "n_significant", "significant_biases", "is_demo", "dataset_sha256",
-    *LEADERBOARD_CONTROL_COLUMNS,
+    *LEADERBOARD_CONTROL_COLUMNS, *LEADERBOARD_MITIGATION_COLUMNS,
 )
 
 
@@ -74,6 +82,7 @@ def leaderboard_frame(table: pd.DataFrame, main: pd.DataFrame, model_controls: S
         row["dataset_sha256"] = ",".join(sorted({s for v in m["dataset_sha256"] for s in str(v).split(",") if s}))
         mc = next((r for r in model_controls if r.get("model") == model and r.get("mitigation") == mit), {})
         row.update(_control_columns(table, str(model), str(mit), core, mc))
+        row.update(_mitigation_columns(m, core))
         rows.append(row)
     lb = pd.DataFrame(rows)
     if lb.empty:
@@ -118,3 +127,33 @@ def _control_columns(table: pd.DataFrame, model: str, mitigation: str, core: pd.
         sp = spread(per_draw.to_numpy(dtype=float))
         out.update(mean_biased_acc_draws_sd=sp.sd, mean_biased_acc_draws_min=sp.min, mean_biased_acc_draws_max=sp.max)
     return {k2: (v if not isinstance(v, np.floating) else float(v)) for k2, v in out.items()}
+
+
+def _mitigation_columns(m: pd.DataFrame, core: pd.DataFrame) -> dict[str, Any]:
+    """The issue-13 columns of one row; `m` = the row's main-table rows, `core` = its core biases."""
+    import numpy as np
+
+    nan = float("nan")
+    out: dict[str, Any] = dict.fromkeys(LEADERBOARD_MITIGATION_COLUMNS, nan)
+    if "tokens_per_answer" not in m:
+        return out
+
+    def mean(col: str, rows: pd.DataFrame) -> float:
+        v = rows[col].astype(float) if col in rows else None
+        return float(v.mean()) if v is not None and v.notna().any() else nan
+
+    out["mean_recovery"] = mean("recovery", core)
+    out["mean_recovery_same_mit"] = mean("recovery_same_mit", core)
+    out["mean_recovered_per_1k_tokens"] = mean("recovered_per_1k_tokens", core)
+    for col in ("tokens_per_answer", "cost_per_answer"):
+        v, w = m[col].astype(float), m["n"].astype(float)
+        ok = v.notna() & (w > 0)
+        out[col] = float(np.average(v[ok], weights=w[ok])) if ok.any() else nan
+    n_all = m["n_chain"].astype(float).fillna(0)
+    if n_all.sum() > 0:
+        out["changed_rate"] = float((m["changed_rate"].astype(float).fillna(0) * n_all).sum() / n_all.sum())
+        n_core = core["n_chain"].astype(float).fillna(0).sum()
+        if n_core > 0:
+            out["toward_rate"] = float(core["toward"].astype(float).fillna(0).sum() / n_core)
+            out["away_rate"] = float(core["away"].astype(float).fillna(0).sum() / n_core)
+    return out

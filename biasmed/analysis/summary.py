@@ -33,11 +33,11 @@ from biasmed.analysis.controls import (
     model_rows,
     primary_mode,
 )
-from biasmed.analysis.leaderboard import leaderboard_frame
+from biasmed.analysis.leaderboard import LEADERBOARD_MITIGATION_COLUMNS, leaderboard_frame
 from biasmed.errors import InputError
 from biasmed.records import BIASES, MITIGATIONS, NONE, V2_BIASES, Sample
 from biasmed.results import RUN_JSON, SAMPLES, read_run_json, read_samples
-from biasmed.scoring import extract_paper, paper_log_counts, verdict
+from biasmed.scoring import chain_change, extract_paper, paper_log_counts, verdict
 
 if TYPE_CHECKING:
     import numpy as np
@@ -50,6 +50,17 @@ _LETTERS = "ABCDE"
 
 RunLike = Union[str, os.PathLike, "pd.DataFrame"]
 
+# per condition (docs/mitigations.md): recovery against the unbiased accuracy under the SAME
+# mitigation (`recovery` is against the unbiased accuracy without one); tokens (all turns, input +
+# output) and list-price cost per answer; the accuracy it wins over the same bias without a
+# mitigation, per 1,000 extra tokens per answer; for chains (reflect): the first answer's accuracy
+# and how the final answer moved (toward / away from the planted letter)
+MITIGATION_COLUMNS: tuple[str, ...] = (
+    "recovery_same_mit", "recovery_same_mit_lo", "recovery_same_mit_hi",
+    "tokens_per_answer", "output_tokens_per_answer", "cost_per_answer",
+    "acc_gain", "extra_tokens_per_answer", "recovered_per_1k_tokens",
+    "n_chain", "acc_first", "changed_rate", "toward", "away", "toward_rate", "away_rate",
+)
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "convention", "model", "bias", "mitigation", "draw", "template_version",
     "n", "correct", "n_nr", "n_errors", "acc_den", "accuracy", "acc_lo", "acc_hi", "nr_rate", "acc_excl_nr",
@@ -62,6 +73,8 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "is_demo", "dataset_sha256",
     # additions (issue 6): controls and re-drawn targets; docs/controls.md
     "target_mode", "control_of", "n_draws", *CONTROL_COLUMNS,
+    # additions (issue 13): what a mitigation costs and wins back; docs/mitigations.md
+    *MITIGATION_COLUMNS,
 )
 
 
@@ -103,10 +116,19 @@ def load_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     df["logged_is_correct"] = [e.get("logged_is_correct") for e in extras]
     df["logged_is_correct_raw"] = [e.get("logged_is_correct_raw", e.get("logged_is_correct")) for e in extras]
     df["draw"] = df["draw"].fillna(0).astype(int)
+    # the run's list price (USD per 1M tokens): the cost of an answer whether or not this run paid it
+    price = meta.get("price") if isinstance(meta.get("price"), dict) else {}
+    df["price_in_1m"] = _float_or_nan(price.get("input_per_1m"))
+    df["price_out_1m"] = _float_or_nan(price.get("output_per_1m"))
     # small on purpose: pandas deep-copies attrs on every operation
     df.attrs["run"] = {"path": str(run_dir), "kind": meta.get("kind", "run"), "model": meta.get("model"),
-                       "dataset": dict(ds), "created_at": meta.get("created_at")}
+                       "dataset": dict(ds), "created_at": meta.get("created_at"),
+                       "biasmed_version": meta.get("biasmed_version")}
     return df
+
+
+def _float_or_nan(v: Any) -> float:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else float("nan")
 
 
 def _as_frames(runs_or_frames: RunLike | Sequence[RunLike]) -> list[pd.DataFrame]:
@@ -170,6 +192,18 @@ class Summary:
     has_controls: dict[str, dict[str, bool]]
     # the files `biasmed.report()` wrote from this summary (empty until then)
     written: list[Path] = field(default_factory=list, repr=False)
+    # every run folder was written by biasmed 0.1.0: its CSVs keep 0.1.0's columns
+    legacy: bool = False
+
+    def table_csv(self) -> pd.DataFrame:
+        """summary.csv: the table; a summary of 0.1.0 folders only leaves out MITIGATION_COLUMNS,
+        so such a folder reports exactly as 0.1.0 reported it."""
+        return self.table.drop(columns=list(MITIGATION_COLUMNS)) if self.legacy else self.table
+
+    def leaderboard_csv(self) -> pd.DataFrame:
+        """leaderboard.csv: the leaderboard (0.1.0 folders only: without the issue-13 columns)."""
+        return (self.leaderboard.drop(columns=list(LEADERBOARD_MITIGATION_COLUMNS)) if self.legacy
+                else self.leaderboard)
 
     @property
     def models(self) -> list[str]:
@@ -278,6 +312,11 @@ def score_frame(df: pd.DataFrame, convention: str = DEFAULT_CONVENTION) -> pd.Da
     kinds = df["run_kind"].tolist()
     stored = (_strs(df["extracted"]), _strs(df["rule"]), df["correct"].tolist(), df["nr"].tolist())
     logged = _strs(df["logged_is_correct_raw"])
+    extras = [e if isinstance(e, dict) else {} for e in df["extra"].tolist()] if "extra" in df else [{}] * n
+    targets = _strs(df["bias_target"])
+    first_letters: list[str | None] = [None] * n
+    changes: list[str | None] = [None] * n
+    chain = np.zeros(n, dtype=bool)
     is_log = (df["run_kind"] == PAPER_LOGS_KIND).to_numpy() & df["logged_is_correct"].notna().to_numpy()
 
     if convention == "paper" and is_log.any():
@@ -302,12 +341,29 @@ def score_frame(df: pd.DataFrame, convention: str = DEFAULT_CONVENTION) -> pd.Da
             correct[i] = letters[i] is not None and letters[i] == gold[i]
         else:
             ch = choices[i]
-            v = verdict(mode=modes[i], response=resp[i], logprobs=lps[i], answer_idx=gold[i],
-                        letters="".join(ch) if isinstance(ch, list) and ch else _LETTERS[: nopt[i]],
-                        options=opts[i] if isinstance(opts[i], dict) else None, rule=convention)
+            lets = "".join(ch) if isinstance(ch, list) and ch else _LETTERS[: nopt[i]]
+            options = opts[i] if isinstance(opts[i], dict) else None
+            # a reasoning reply is read by its final answer under either convention
+            fmt = extras[i].get("answer_format")
+            v = verdict(mode=modes[i], response=resp[i], logprobs=lps[i], answer_idx=gold[i], letters=lets,
+                        options=options, rule=convention, answer_format=fmt if isinstance(fmt, str) else "letter")
             letters[i], rules[i], correct[i], nr[i] = v.letter, v.rule, v.correct, v.nr
+            turns = extras[i].get("turns")
+            if isinstance(turns, list) and turns and isinstance(turns[0], dict):
+                chain[i] = True
+                # a chain: its first answer, read as the first turn asked for it
+                ffmt = turns[0].get("format")
+                first = verdict(mode=modes[i], response=turns[0].get("response"), logprobs=None,
+                                answer_idx=gold[i], letters=lets, options=options, rule=convention,
+                                answer_format=ffmt if isinstance(ffmt, str) else "letter")
+                first_letters[i] = first.letter
+                if len(turns) >= 2:
+                    changes[i] = chain_change(first.letter, v.letter, targets[i])
         wc[i], wn[i] = int(correct[i]), int(nr[i])
     df["s_letter"] = letters
+    df["s_first_letter"] = first_letters
+    df["s_change"] = changes
+    df["s_chain"] = chain
     df["s_rule"] = rules
     df["s_correct"] = correct
     df["s_nr"] = nr
@@ -377,7 +433,12 @@ def summarize(runs_or_frames: RunLike | Sequence[RunLike] | Scored, convention: 
                    n_boot=n_boot, seed=seed, controls_boot=cboot,
                    controls=controls_frame(model_controls),
                    leaderboard=leaderboard_frame(out, main, model_controls, sc.convention),
-                   has_controls={str(m): controls_present(out, str(m)) for m in dict.fromkeys(out["model"])})
+                   has_controls={str(m): controls_present(out, str(m)) for m in dict.fromkeys(out["model"])},
+                   legacy=bool(sc.runs) and all(_written_by_010(r) for r in sc.runs))
+
+
+def _written_by_010(run: Mapping[str, Any]) -> bool:
+    return str(run.get("biasmed_version") or "").startswith("0.1.")
 
 
 def main_rows(summary: pd.DataFrame) -> pd.DataFrame:
@@ -456,12 +517,74 @@ def _model_rows(model: str, mdf: pd.DataFrame, convention: str, n_boot: int,
             is_demo=bool(ok["is_demo"].any()), dataset_sha256=",".join(shas),
             target_mode=tmode, control_of=control_of(bias),
         )
+        row.update(_cost_columns(ok))
+        row.update(_chain_columns(ok, biased=bias != NONE))
         base_rows[(bias, mit, int(draw), tmode)] = row
         rows.append(row)
     for row in rows:
         _paired_columns(row, conds, base_rows, model, n_boot, seed)
+        _gain_columns(row, base_rows)
     fill_columns(rows, conds, model, n_boot, seed)
     return conds, rows
+
+
+def _cost_columns(ok: pd.DataFrame) -> dict[str, float]:
+    """Tokens (every turn, input + output) and list-price cost per answer, over the answers that
+    recorded their usage (paper logs did not: NaN). A cached answer counts what it cost when asked."""
+    import numpy as np
+
+    tin, tout = [], []
+    for u in ok["usage"].tolist():
+        if isinstance(u, dict) and (u.get("input_tokens") or u.get("output_tokens")):
+            tin.append(float(u.get("input_tokens") or 0))
+            tout.append(float(u.get("output_tokens") or 0))
+        else:
+            tin.append(np.nan)
+            tout.append(np.nan)
+    a_in, a_out = np.array(tin, dtype=float), np.array(tout, dtype=float)
+    has = ~np.isnan(a_in)
+    nan = float("nan")
+    if not has.any():
+        return {"tokens_per_answer": nan, "output_tokens_per_answer": nan, "cost_per_answer": nan}
+    pin = ok["price_in_1m"].to_numpy(dtype=float) if "price_in_1m" in ok else np.full(len(ok), np.nan)
+    pout = ok["price_out_1m"].to_numpy(dtype=float) if "price_out_1m" in ok else np.full(len(ok), np.nan)
+    cost = (a_in * pin + a_out * pout) / 1e6
+    priced = has & ~np.isnan(cost)
+    return {"tokens_per_answer": float((a_in + a_out)[has].mean()),
+            "output_tokens_per_answer": float(a_out[has].mean()),
+            "cost_per_answer": float(cost[priced].mean()) if priced.any() else nan}
+
+
+def _chain_columns(ok: pd.DataFrame, biased: bool) -> dict[str, float]:
+    """A chain's (reflect's) first answer and how the final one moved from it; NaN without chains.
+    toward/away: the final answer is / the first answer was the planted letter (biased rows only)."""
+    nan = float("nan")
+    if "s_chain" not in ok or not bool(ok["s_chain"].any()):
+        return {}
+    c = ok[ok["s_chain"]]
+    n = len(c)
+    moved = c["s_change"]
+    toward = int((moved == "toward").sum()) if biased else nan
+    away = int((moved == "away").sum()) if biased else nan
+    return {"n_chain": n,
+            "acc_first": float((c["s_first_letter"] == c["answer_idx"]).mean()),
+            "changed_rate": float((moved.notna() & (moved != "kept")).sum() / n),
+            "toward": toward, "away": away,
+            "toward_rate": toward / n if biased else nan, "away_rate": away / n if biased else nan}
+
+
+def _gain_columns(row: dict[str, Any], base_rows: Mapping[CondKey, dict[str, Any]]) -> None:
+    """What a mitigation wins over the same condition without one, and per 1,000 extra tokens."""
+    import numpy as np
+
+    ref = base_rows.get((row["bias"], "none", row["draw"], row["target_mode"]))
+    if row["mitigation"] == "none" or ref is None:
+        return
+    row["acc_gain"] = row["accuracy"] - ref["accuracy"]
+    extra = row["tokens_per_answer"] - ref["tokens_per_answer"]
+    row["extra_tokens_per_answer"] = extra
+    if row["bias"] != NONE and not np.isnan(extra) and extra > 0:
+        row["recovered_per_1k_tokens"] = row["acc_gain"] / (extra / 1000)
 
 
 def _rng_keys(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -519,6 +642,13 @@ def _paired_columns(row: dict[str, Any], conds: Mapping[CondKey, Cond],
             r = stats.recovery(base.correct[all3] > 0, unmit.correct[all3] > 0, me.correct[all3] > 0,
                                n_boot, stats.rng_for(seed, model, *rk, "recovery"))
             row.update(recovery=r.value, recovery_lo=r.lo, recovery_hi=r.hi)
+            if same is not None:
+                # against the unbiased accuracy under the SAME mitigation (a mitigation that also
+                # changes the unbiased answers, like reasoning, is measured against its own ceiling)
+                all3 = ~np.isnan(me.correct) & ~np.isnan(same.correct) & ~np.isnan(unmit.correct)
+                r = stats.recovery(same.correct[all3] > 0, unmit.correct[all3] > 0, me.correct[all3] > 0,
+                                   n_boot, stats.rng_for(seed, model, *rk, "recovery-same"))
+                row.update(recovery_same_mit=r.value, recovery_same_mit_lo=r.lo, recovery_same_mit_hi=r.hi)
 
 
 def _holm_by_family(out: pd.DataFrame) -> pd.DataFrame:

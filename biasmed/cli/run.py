@@ -157,9 +157,11 @@ def _print_plan(plan: RunPlan, out: Path) -> None:
     print(f"model: {plan.spec}  mode: {plan.mode}  role: {plan.role}")
     print(f"prompts: {plan.prompts} ({plan.questions} questions); already in {out}: {plan.already_done}; "
           f"to run: {plan.to_run}")
-    print(f"from the cache: {plan.cache_hits}; requests to send: {plan.requests}")
-    print(f"estimated tokens: input {plan.input_tokens:,}, output at most {plan.output_tokens_max:,} "
-          f"({plan.per_request_out} per request)")
+    chains = f" (incl. {plan.chain_turns} follow-up turns of chains)" if plan.chain_turns else ""
+    print(f"from the cache: {plan.cache_hits}; requests to send: {plan.requests}{chains}")
+    per = (f"{plan.per_request_out} per request" if plan.per_request_out_max <= plan.per_request_out else
+           f"{plan.per_request_out} per request, {plan.per_request_out_max} for turns read as `Answer: X`")
+    print(f"estimated tokens: input {plan.input_tokens:,}, output at most {plan.output_tokens_max:,} ({per})")
     if plan.price is None or plan.cost_max is None:
         print(f"estimated cost: unknown (no price for {plan.spec}; add one with --prices FILE)")
     else:

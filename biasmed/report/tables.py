@@ -15,7 +15,7 @@ from biasmed.analysis.leaderboard import LEADERBOARD_BIASES
 from biasmed.analysis.summary import Summary
 from biasmed.records import MITIGATIONS, NONE
 from biasmed.report.controls import control_markdown, control_tables, leaderboard_controls_markdown
-from biasmed.report.format import DEMO_BANNER, ci, convention_line, count, isnan, md, num, plain, pval, short
+from biasmed.report.format import DASH, DEMO_BANNER, ci, convention_line, count, isnan, md, num, plain, pval, short
 from biasmed.results import write_text_atomic
 
 if TYPE_CHECKING:
@@ -125,6 +125,8 @@ def report_markdown(summary: Summary, plots: Sequence[str | os.PathLike[str]] = 
                     "| bias | mitigation | recovery [95% CI] |", "|---|---|---|"]
             for _, r in rec.iterrows():
                 out.append(f"| {md(r['bias'])} | {md(r['mitigation'])} | {ci(r, 'recovery')} |")
+        if not summary.legacy:
+            out += mitigation_markdown(m)
         out += control_markdown(summary, str(model))
         out.append("")
     if bool((summary.table["draw"] > 0).any()):
@@ -132,6 +134,45 @@ def report_markdown(summary: Summary, plots: Sequence[str | os.PathLike[str]] = 
     if plots:
         out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def _money(x: Any) -> str:
+    return DASH if isnan(x) else f"${x:.6f}"
+
+
+def mitigation_markdown(m: pd.DataFrame) -> list[str]:
+    """report.md's mitigation sections for one model's main rows (docs/mitigations.md): recovery
+    against both unbiased references, what an answer costs, and for chains how answers moved."""
+    mit = m[m["mitigation"] != "none"]
+    if mit.empty:
+        return []
+    out = ["", "### Mitigations: recovery and cost", "",
+           "recovery = share of the drop won back, against the unbiased accuracy without a mitigation "
+           "and under the same mitigation; gain = accuracy − accuracy(same bias, no mitigation); tokens "
+           "= input + output over every turn, per answer; cost at the run's list price; gain per 1k tokens "
+           "= gain per 1,000 tokens per answer more than without a mitigation. docs/mitigations.md.", "",
+           "| bias | mitigation | recovery vs unbiased, none [95% CI] | recovery vs unbiased, same mitigation "
+           "[95% CI] | gain | tokens / answer | cost / answer | gain per 1k extra tokens |",
+           "|---|---|---|---|---:|---:|---:|---:|"]
+    for _, r in m.iterrows():
+        if r["mitigation"] == "none" and r["bias"] != NONE:
+            continue
+        out.append(f"| {md(r['bias'])} | {md(r['mitigation'])} | {ci(r, 'recovery')} | {ci(r, 'recovery_same_mit')} "
+                   f"| {num(r['acc_gain'])} | {num(r['tokens_per_answer'], 1)} | {_money(r['cost_per_answer'])} "
+                   f"| {num(r['recovered_per_1k_tokens'])} |")
+    chains = m[m["n_chain"].astype(float).fillna(0) > 0]
+    if not chains.empty:
+        out += ["", "### Reflection: how the second answer moved", "",
+                "first = accuracy of the first answer; final = after the review turn; changed = share of "
+                "answers that changed; toward / away = the final answer is / the first answer was the planted "
+                "letter (count and share).", "",
+                "| bias | mitigation | n | first | final | changed | toward planted | away from planted |",
+                "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for _, r in chains.iterrows():
+            out.append(f"| {md(r['bias'])} | {md(r['mitigation'])} | {count(r['n_chain'])} | {num(r['acc_first'])} "
+                       f"| {num(r['accuracy'])} | {num(r['changed_rate'])} "
+                       f"| {count(r['toward'])} ({num(r['toward_rate'])}) | {count(r['away'])} ({num(r['away_rate'])}) |")
+    return out
 
 
 # --------------------------------------------------------------------------- leaderboard
@@ -168,6 +209,21 @@ def leaderboard_markdown(summary: Summary) -> str:
                   f"{r['n_significant']}/{r['n_biases']}"]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
+    if not summary.legacy and len(lb):
+        out += ["## Mitigations: recovery and cost", "",
+                "Means over the seven biases; recovery against the unbiased accuracy without a mitigation and "
+                "under the same one; tokens (every turn) and list-price cost per answer; accuracy won per 1,000 "
+                "extra tokens per answer; for chains (reflect), how often the final answer changed, and moved to "
+                "or away from the planted letter. docs/mitigations.md.", "",
+                "| model | mitigation | recovery (none) | recovery (same mitigation) | tokens / answer "
+                "| cost / answer | gain per 1k extra tokens | changed | toward planted | away from planted |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for _, r in lb.iterrows():
+            out.append(f"| {md(r['model'])} | {md(r['mitigation'])} | {num(r['mean_recovery'])} "
+                       f"| {num(r['mean_recovery_same_mit'])} | {num(r['tokens_per_answer'], 1)} "
+                       f"| {_money(r['cost_per_answer'])} | {num(r['mean_recovered_per_1k_tokens'])} "
+                       f"| {num(r['changed_rate'])} | {num(r['toward_rate'])} | {num(r['away_rate'])} |")
+        out.append("")
     out += leaderboard_controls_markdown(lb)
     return "\n".join(out)
 
@@ -178,7 +234,7 @@ def leaderboard_text(summary: Summary, fmt: str = "csv") -> str:
         raise ValueError(f"--format must be csv or md, not {fmt!r}")
     if fmt == "md":
         return leaderboard_markdown(summary)
-    return summary.leaderboard.to_csv(index=False, float_format="%.4f")
+    return summary.leaderboard_csv().to_csv(index=False, float_format="%.4f")
 
 
 def write_leaderboard(summary: Summary, path: str | os.PathLike[str] | None, fmt: str = "csv") -> str:

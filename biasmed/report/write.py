@@ -26,7 +26,7 @@ def write_report(summary: Summary, out_dir: str | os.PathLike[str], plots: bool 
     report.html (unless html=False) into `out_dir`; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [write_csv(summary.table, out / "summary.csv")]
+    written = [write_csv(summary.table_csv(), out / "summary.csv")]
     pngs: list[Path] = []
     if plots and len(summary):
         pngs = write_plots(summary, out)

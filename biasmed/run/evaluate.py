@@ -57,7 +57,7 @@ from biasmed.results import (
     read_samples,
     write_json_atomic,
 )
-from biasmed.run.cache import ResponseCache, cache_key
+from biasmed.run.cache import ResponseCache
 from biasmed.run.pricing import Price, estimate_tokens, find_price, load_prices
 from biasmed.run.runner import ERRORS_FILE, RunConfig, Runner, RunStats
 
@@ -115,7 +115,7 @@ class RunSettings:
     model_options: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_kwargs(cls, **kw: Any) -> "RunSettings":
+    def from_kwargs(cls, **kw: Any) -> RunSettings:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(kw) - known)
         if unknown:
@@ -307,9 +307,11 @@ class RunPlan:
     requests: int
     input_tokens: int
     output_tokens_max: int
-    per_request_out: int
+    per_request_out: int  # the smallest per-request output limit (the paper's single letter: 16)
     price: Price | None
     cost_max: float | None
+    per_request_out_max: int = 0  # the largest (512 for turns read as `Answer: X`)
+    chain_turns: int = 0  # of `requests`: the chains' follow-up turns (each a request of its own)
 
 
 @dataclass
@@ -435,7 +437,8 @@ async def run_folder(model: str | Model, s: RunSettings, out: str | Path | None 
             raise InputError(f"cannot open the response cache ({e}); pass --cache-dir DIR or --no-cache") from None
     try:
         if dry_run:
-            plan = _plan(prompts, out, m, params, price, cache, spec)
+            plan = _plan(prompts, out, m, params, price, cache, spec,
+                         s.max_tokens or s.mitigation_set().answer_line_max_tokens)
             return RunOutcome(out, "dry-run", None, {}, RunStats(), plan=plan)
         return await _run(m, spec, provider, s, prompts, manifest, meta_new, out, price, cache, is_demo,
                           on_progress, on_start)
@@ -634,25 +637,53 @@ def _raise_for(outcome: RunOutcome) -> None:
 
 
 def _plan(prompts: list[Prompt], out: Path, m: Model, params: GenParams, price: Price | None,
-          cache: ResponseCache | None, spec: str) -> RunPlan:
+          cache: ResponseCache | None, spec: str, answer_line_max_tokens: int | None = None) -> RunPlan:
+    """What a run would send, turn by turn: each turn's key and token limit as the runner makes
+    them. A chain's later turn is looked up when the turn before it is in the cache (its reply
+    is then known); otherwise it is counted as one more request, its input estimated with the
+    earlier turns' replies at their full token limit."""
     done: set[str] = {r["sample_id"] for r in _existing_samples(out) if "sample_id" in r}
     todo = [p for p in prompts if p.sample_id not in done]
-    ident, pd = m.cache_identity(), params.as_dict()
-    keys = {p.sample_id: cache_key(ident, pd, p.messages(params.role)) for p in todo}
+    runner = Runner(m, params, None, cache=cache, config=RunConfig(answer_line_max_tokens=answer_line_max_tokens))
+
+    def out_tokens(tp: Prompt) -> int:
+        return 1 if params.mode == "logprob" else runner.params_for(tp).max_tokens
+
     hits: set[str] = set()
-    if cache is not None and m.cacheable:
-        found = cache.get_many(keys.values())
-        hits = {sid for sid, k in keys.items() if k in found}
-    # identical prompt texts are sent once
-    distinct: dict[str, Prompt] = {}
+    distinct: dict[str, int] = {}  # key -> output token limit: identical turns are sent once
+    limits = {out_tokens(p.at_turn(("",) * t)) for p in todo for t in range(p.turns)}
+    n_in = n_out = undeduped = follow_ups = 0
     for p in todo:
-        if p.sample_id not in hits:
-            distinct.setdefault(keys[p.sample_id], p)
-    n_in = sum(estimate_tokens(p.text) for p in distinct.values())
-    per_out = 1 if params.mode == "logprob" else params.max_tokens
-    n_out = per_out * len(distinct)
+        replies: list[str] = []
+        all_cached = True
+        for t in range(p.turns):
+            tp = p.at_turn(tuple(replies))
+            key = runner.key(tp)
+            hit = runner.cache.get_many([key]).get(key) if runner.cache is not None else None
+            if hit is not None:
+                replies.append(str(hit.get("text") or ""))
+                continue
+            all_cached = False
+            if key not in distinct:
+                distinct[key] = out_tokens(tp)
+                n_in += estimate_tokens(tp.transcript())
+                follow_ups += t > 0
+            for _ in range(t + 1, p.turns):  # replies unknown: each later turn is a request
+                replies.append("x" * 4 * out_tokens(tp))
+                tp = p.at_turn(tuple(replies))
+                undeduped += 1
+                follow_ups += 1
+                n_in += estimate_tokens(tp.transcript())
+                n_out += out_tokens(tp)
+            break
+        if all_cached:
+            hits.add(p.sample_id)
+    n_out += sum(distinct.values())
+    lo, hi = (min(limits), max(limits)) if limits else (params.max_tokens, params.max_tokens)
     return RunPlan(spec=spec, mode=params.mode, role=params.role, prompts=len(prompts),
                    questions=len({p.question_id for p in prompts}), already_done=len(prompts) - len(todo),
-                   to_run=len(todo), cache_hits=len(hits), requests=len(distinct), input_tokens=n_in,
-                   output_tokens_max=n_out, per_request_out=per_out, price=price,
-                   cost_max=None if price is None else price.cost(n_in, n_out))
+                   to_run=len(todo), cache_hits=len(hits), requests=len(distinct) + undeduped, input_tokens=n_in,
+                   output_tokens_max=n_out, per_request_out=lo, price=price,
+                   cost_max=None if price is None else price.cost(n_in, n_out),
+                   per_request_out_max=hi,
+                   chain_turns=follow_ups)

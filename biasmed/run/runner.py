@@ -32,7 +32,7 @@ from biasmed.models.base import Model
 from biasmed.records import NONE, Answer, ErrorKind, GenParams, Prompt, Sample
 from biasmed.run.cache import cache_key
 from biasmed.run.pricing import estimate_tokens
-from biasmed.scoring import verdict
+from biasmed.scoring import chain_change, verdict
 
 ERRORS_FILE = "errors.jsonl"
 
@@ -95,20 +95,6 @@ class _Failure:
 
 # -- samples -------------------------------------------------------------------------------------
 SCORING_RULE = "robust"  # the rule a sample's stored verdict uses (analysis may apply "paper")
-
-
-def chain_change(first: str | None, final: str | None, target: str | None) -> str | None:
-    """How a chain's final answer relates to its first: "kept", "toward" / "away" (from the planted
-    letter), "other" (between two letters that are not the planted one); None without both."""
-    if first is None or final is None:
-        return None
-    if first == final:
-        return "kept"
-    if target is not None and final == target:
-        return "toward"
-    if target is not None and first == target:
-        return "away"
-    return "other"
 
 
 def cap_reply(ans: Answer, limit: int | None) -> Answer:
