@@ -12,14 +12,15 @@ Loading for the harness (the ``mmfree:<path or hub id>`` model spec)::
     out = model.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
 
 ``packed=True`` ternarizes every BitLinear at load and keeps only 2-bit weights (4 per byte)
-plus one float32 scale per tensor; the int8 x ternary matmul then runs on the PyTorch reference
-kernel on CPU and on the Triton kernel on CUDA (``model.set_ternary_backend`` or the
-``BIASMED_TERNARY_BACKEND`` environment variable override the choice).  ``packed=False`` keeps
-the latent weights and the published fake-quantized float path; both give the same logits up to
-float rounding.  Tokenizers pad on the left; the model masks padded positions exactly.
+plus one float32 scale per tensor; the int8 x ternary matmul then runs on the native C++ kernel
+on CPU (``native``: built on first use, AVX-512 VNNI / AVX2 / scalar chosen at run time; the
+PyTorch reference where no compiler is found) and on the Triton kernel on CUDA
+(``model.set_ternary_backend`` or the ``BIASMED_TERNARY_BACKEND`` environment variable override
+the choice).  ``packed=False`` keeps the latent weights, ternarizes them once (not per forward)
+and runs the same kernels; both paths give the same logits.  Tokenizers pad on the left; the model masks padded positions exactly.
 
-Submodules: ``quant`` (BitLinear math), ``packing`` (2-bit format), ``kernels`` (reference and
-dispatcher), ``triton_kernel`` (GPU kernel), ``hgrn_bit`` (model), ``checkpoint`` (tiny
+Submodules: ``quant`` (BitLinear math), ``packing`` (2-bit formats), ``kernels`` (reference and
+dispatcher), ``native`` (CPU kernel), ``triton_kernel`` (GPU kernel), ``hgrn_bit`` (model), ``checkpoint`` (tiny
 checkpoints in the published layout).
 """
 
@@ -54,7 +55,7 @@ __all__ = [
 ]
 
 
-def _resolve_dtype(dtype: Any) -> "torch.dtype | str":
+def _resolve_dtype(dtype: Any) -> torch.dtype | str:
     import torch
 
     if isinstance(dtype, torch.dtype) or dtype == "auto":

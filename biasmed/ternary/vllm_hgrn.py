@@ -142,8 +142,8 @@ class HGRNBitModel(nn.Module):
                 torch.zeros(config.num_hidden_layers, config.hidden_size), requires_grad=False
             )
         self.layers = nn.ModuleList(
-            HGRNBitBlock(config, l, quant_config, f"{prefix}.layers.{l}")
-            for l in range(config.num_hidden_layers)
+            HGRNBitBlock(config, i, quant_config, f"{prefix}.layers.{i}")
+            for i in range(config.num_hidden_layers)
         )
         self.norm = _Norm(config.hidden_size, config.rms_norm_eps)
 
@@ -153,8 +153,8 @@ class HGRNBitModel(nn.Module):
         if self.use_lower_bound:
             soft = self.lower_bounds.float().softmax(dim=0)
             bounds = soft.cumsum(dim=0) - soft[0]
-        for l, layer in enumerate(self.layers):
-            x = layer(x, bounds[l] if bounds is not None else None)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, bounds[i] if bounds is not None else None)
         return self.norm(x)
 
 

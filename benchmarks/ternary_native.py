@@ -1,0 +1,88 @@
+"""The native CPU kernel (``biasmed.ternary.native``) vs ``torch.matmul`` in bf16, one run.
+
+For each MMfreeLM layer shape (370M / 1.3B / 2.7B: the four token-mixer projections share the
+``h->h`` shape, then the GLU's ``h->2i`` and ``i->h``, and the ``h->32000`` head) and batch 1,
+8, 64: the time of a bf16 ``torch.matmul`` against the same weight, and of the native BitLinear
+from float32 activations (quantization, the exact int8 x ternary product and the epilogue, all
+included).  Contenders alternate within each repeat and the figures are medians, so a shared,
+busy machine affects both alike.  Every shape is checked exact against the PyTorch reference.
+
+    python benchmarks/ternary_native.py --repeats 15 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+from biasmed.ternary import native
+from biasmed.ternary.kernels import bitlinear
+from biasmed.ternary.packing import pack_weight, repack
+
+SHAPES = {  # (K, N) per model: h->h, h->2i (gate+value), i->h, h->vocab
+    "370M": [(1024, 1024), (1024, 5632), (2816, 1024), (1024, 32000)],
+    "1.3B": [(2048, 2048), (2048, 11264), (5632, 2048), (2048, 32000)],
+    "2.7B": [(2560, 2560), (2560, 13824), (6912, 2560), (2560, 32000)],
+}
+
+
+def _ms(fn, inner: int) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) * 1e3 / inner
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--batches", default="1,8,64")
+    parser.add_argument("--models", default="370M,1.3B,2.7B")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    kernel = native.load()
+    if kernel is None:
+        raise SystemExit("the native kernel is not available here")
+    batches = [int(b) for b in args.batches.split(",")]
+    rows = []
+    print(f"isa {kernel.isa_name}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
+    print("| model | K->N | batch | bf16 ms | native ms | speed-up |\n|---|---|---:|---:|---:|---:|")
+    gen = torch.Generator().manual_seed(0)
+    for model in args.models.split(","):
+        for k, n in SHAPES[model]:
+            latent = torch.randn(n, k, generator=gen)
+            w_bf16 = latent.to(torch.bfloat16)
+            packed = pack_weight(latent)
+            blocked = repack(packed, "block256")
+            del latent
+            for m in batches:
+                x = torch.randn(m, k, generator=gen)
+                x_bf16 = x.to(torch.bfloat16)
+                assert torch.equal(bitlinear(x, blocked, "native"), bitlinear(x, packed, "reference"))
+                inner = max(1, int(2e7 // (m * k * n)))  # ~ >= 1 ms of work per sample
+                dense, tern = [], []
+                torch.matmul(x_bf16, w_bf16.t())
+                kernel.linear_f32(x, blocked)
+                for _ in range(args.repeats):
+                    dense.append(_ms(lambda a=x_bf16, b=w_bf16: torch.matmul(a, b.t()), inner))
+                    tern.append(_ms(lambda a=x, b=blocked: kernel.linear_f32(a, b), inner))
+                ratios = [d / t for d, t in zip(dense, tern)]
+                row = {"model": model, "k": k, "n": n, "batch": m, "bf16_ms": statistics.median(dense),
+                       "native_ms": statistics.median(tern), "speedup": statistics.median(ratios)}
+                rows.append(row)
+                print(f"| {model} | {k}->{n} | {m} | {row['bf16_ms']:.3f} | {row['native_ms']:.3f} | "
+                      f"{row['speedup']:.2f}x |", flush=True)
+    if args.json:
+        meta = {"machine": platform.machine(), "isa": kernel.isa_name, "torch": torch.__version__,
+                "threads": torch.get_num_threads()}
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump({"meta": meta, "rows": rows}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
