@@ -172,8 +172,9 @@ class RunSettings:
             raise bad("biases", "is empty (leave it out for the template version's biases)")
         if not list(self.mitigations):
             raise bad("mitigations", "is empty (leave it out for 'none')")
+        ms = self.mitigation_set()  # a bad --mitigation-file is its own `path:line: field: problem`
         try:
-            parse_mitigations(",".join(self.mitigations), self.mitigation_set())
+            parse_mitigations(",".join(self.mitigations), ms)
         except ValueError as e:
             raise bad("mitigations", str(e)) from None
 
