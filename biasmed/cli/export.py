@@ -13,6 +13,7 @@ import typer
 
 from biasmed.cli._common import fail, split_list, user_errors
 from biasmed.dataset.build import build_benchmark, read_benchmark_file, write_benchmark
+from biasmed.dataset.mitigations import MitigationSet, load_mitigation_set
 from biasmed.dataset.prompts import parse_mitigations
 from biasmed.dataset.sources import load_sources
 from biasmed.exports._common import write_dataset_card
@@ -21,6 +22,7 @@ from biasmed.exports.to_inspect import export_inspect
 from biasmed.exports.to_lmeval import export_lmeval
 
 TARGETS = ("lm-eval", "inspect", "hf")
+DEFAULT_MAX_TOKENS = 16  # as `biasmed run`: a single letter
 DEFAULT_ROLE = {"lm-eval": "user", "inspect": "system"}
 
 
@@ -34,12 +36,13 @@ def export_cmd(
     biases: Annotated[Optional[str], typer.Option(help="comma list, 'all', or default (the version's 7 biases); 'none' is always included")] = None,
     template_version: Annotated[Optional[str], typer.Option("--template-version", help="paper-2024 or paper-2023 (default: paper-2024)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed of the target and demo draws (default: 0)")] = None,
-    mitigations: Annotated[Optional[str], typer.Option(help="comma list of none,education,one-shot,few-shot (default: none)")] = None,
+    mitigations: Annotated[Optional[str], typer.Option(help="comma list of none,education,one-shot,few-shot (the paper's), reasoning,debias,reflect, or a --mitigation-file's (default: none); reflect and other chains: --to inspect only")] = None,
+    mitigation_file: Annotated[Optional[list[Path]], typer.Option("--mitigation-file", help="user-authored mitigation YAML (repeatable; see docs/mitigations.md)")] = None,
     target_mode: Annotated[Optional[str], typer.Option("--target-mode", help="incorrect | correct | random (default: incorrect)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
     bias_file: Annotated[Optional[list[Path]], typer.Option("--bias-file", help="user-authored bias YAML (repeatable)")] = None,
     role: Annotated[Optional[str], typer.Option(help="system or user message (default: user for lm-eval, system for inspect)")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="reply length limit (as `biasmed run`)")] = 16,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="reply length limit per turn (as `biasmed run`): default 16, and 512 for turns read as `Answer: X`")] = None,
     temperature: Annotated[float, typer.Option(help="sampling temperature (as `biasmed run`)")] = 0.0,
     name: Annotated[str, typer.Option(help="task name (lm-eval group / inspect task)")] = "biasmedqa",
 ) -> None:
@@ -50,7 +53,7 @@ def export_cmd(
         fail("--role must be system or user")
     if role is not None and to == "hf":
         fail("--role has no meaning for --to hf (the dataset stores the prompt text only)")
-    if max_tokens < 1 or temperature < 0:
+    if (max_tokens is not None and max_tokens < 1) or temperature < 0:
         fail("--max-tokens must be at least 1 and --temperature at least 0")
     if options is not None and options not in (4, 5):
         fail("--options must be 4 or 5")
@@ -66,22 +69,22 @@ def export_cmd(
             fail(f"{data}: no such file (--data takes a file written by `biasmed build`)")
 
     with user_errors():
+        ms = load_mitigation_set(mitigation_file or ())
+        # per turn, as `biasmed run`: a given --max-tokens applies to every turn
+        tokens = {"max_tokens": max_tokens or DEFAULT_MAX_TOKENS,
+                  "answer_line_max_tokens": max_tokens or ms.answer_line_max_tokens}
         if to == "hf":
             out, note = _export_hf(dest, data, medqa, split, options, biases, template_version, seed,
-                                   mitigations, target_mode, limit, bias_file)
+                                   mitigations, target_mode, limit, bias_file, ms)
         else:
             source, is_demo = _source(data, medqa, split, options, biases, template_version, seed,
-                                      mitigations, target_mode, limit, bias_file)
+                                      mitigations, target_mode, limit, bias_file, ms)
             r = role or DEFAULT_ROLE[to]
             if to == "lm-eval":
-
-                out = export_lmeval(source, dest, group=name, role=r, max_tokens=max_tokens,
-                                    temperature=temperature)
+                out = export_lmeval(source, dest, group=name, role=r, temperature=temperature, **tokens)
                 note = f"run: lm_eval --include_path {out} --tasks {name} --model ... (prompt as {r} message)"
             else:
-
-                out = export_inspect(source, dest, task_name=name, role=r, max_tokens=max_tokens,
-                                     temperature=temperature)
+                out = export_inspect(source, dest, task_name=name, role=r, temperature=temperature, **tokens)
                 note = f"run: cd {out.parent} && inspect eval {out.name} --model ... (prompt as {r} message)"
             if is_demo:
                 note += "  [DEMO SET: not MedQA, not the benchmark]"
@@ -91,10 +94,10 @@ def export_cmd(
 def _source(data: Path | None, medqa: str | None, split: str | None, options: int | None,
             biases: str | None, template_version: str | None, seed: int | None,
             mitigations: str | None, target_mode: str | None, limit: int | None,
-            bias_file: list[Path] | None) -> tuple[Any, bool]:
+            bias_file: list[Path] | None, ms: MitigationSet) -> tuple[Any, bool]:
     """The prompts to export (a Benchmark, or a filtered list from --data) and whether demo."""
 
-    mits = parse_mitigations(mitigations)
+    mits = parse_mitigations(mitigations, ms)
     if data is not None:
 
         prompts = read_benchmark_file(data, mits if mitigations else None)
@@ -108,18 +111,18 @@ def _source(data: Path | None, medqa: str | None, split: str | None, options: in
         if not prompts:
             raise ValueError(f"{data}: no prompts left to export (check --biases / --mitigations)")
         return prompts, _demo_file(data)
-    bench = _build(medqa, split, options, biases, template_version, seed, mits, target_mode, limit, bias_file)
+    bench = _build(medqa, split, options, biases, template_version, seed, mits, target_mode, limit, bias_file, ms)
     return bench, bench.questions.is_demo
 
 
 def _build(medqa: str | None, split: str | None, options: int | None, biases: str | None,
            template_version: str | None, seed: int | None, mits: list[str], target_mode: str | None,
-           limit: int | None, bias_file: list[Path] | None) -> Any:
+           limit: int | None, bias_file: list[Path] | None, ms: MitigationSet) -> Any:
 
     questions, pool, templates = load_sources(medqa, split or "test", options or 5, mits,
                                               template_version or "paper-2024", bias_file)
     return build_benchmark(questions, biases, templates, seed or 0, mits, pool, target_mode or "incorrect",
-                           limit=limit)
+                           limit=limit, mitigation_set=ms)
 
 
 def _demo_file(data: Path) -> bool:
@@ -134,7 +137,7 @@ def _demo_file(data: Path) -> bool:
 def _export_hf(dest: Path, data: Path | None, medqa: str | None, split: str | None, options: int | None,
                biases: str | None, template_version: str | None, seed: int | None,
                mitigations: str | None, target_mode: str | None, limit: int | None,
-               bias_file: list[Path] | None) -> tuple[Path, str]:
+               bias_file: list[Path] | None, ms: MitigationSet) -> tuple[Path, str]:
     import tempfile
 
 
@@ -145,8 +148,8 @@ def _export_hf(dest: Path, data: Path | None, medqa: str | None, split: str | No
         save_hf_dataset(data, dest)
     else:
 
-        bench = _build(medqa, split, options, biases, template_version, seed, parse_mitigations(mitigations),
-                       target_mode, limit, bias_file)
+        bench = _build(medqa, split, options, biases, template_version, seed, parse_mitigations(mitigations, ms),
+                       target_mode, limit, bias_file, ms)
         with tempfile.TemporaryDirectory(prefix="biasmed-export-") as tmp:
             jsonl = Path(tmp) / "biasmedqa.jsonl"
             write_benchmark(bench, jsonl)

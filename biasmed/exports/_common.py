@@ -65,6 +65,13 @@ def prompt_row(p: Prompt) -> dict[str, Any]:
         "prompt": p.text,
         "prompt_sha256": p.sha256,
         "demo_ids": list(p.demo_ids),
+        # how the replies are read: one format per turn, the last one is the answer ("letter": the
+        # paper's single letter; "answer-line": reasoning that ends with `Answer: X`), and a chain's
+        # follow-up user turns (reflect)
+        "kind": p.kind,
+        "formats": list(p.formats),
+        "answer_format": p.answer_format,
+        "follow_ups": list(p.follow_ups),
     }
 
 
@@ -110,6 +117,16 @@ def export_manifest(prompts: Sequence[Prompt], manifest: dict[str, Any], harness
         **extra,
         "source": manifest,
     }
+
+
+def chains(prompts: Sequence[Prompt]) -> list[str]:
+    """The multi-turn mitigations among `prompts` (kind chain, e.g. reflect), in first-seen order."""
+    return list(dict.fromkeys(p.mitigation for p in prompts if p.turns > 1))
+
+
+def turn_max_tokens(fmt: str, max_tokens: int, answer_line_max_tokens: int) -> int:
+    """A turn's reply length limit, as `biasmed run` sets it: larger where the reply reasons first."""
+    return answer_line_max_tokens if fmt == "answer-line" else max_tokens
 
 
 def check_role(role: str) -> str:

@@ -27,12 +27,14 @@ from typing import Any
 from biasmed.exports._common import (
     DATA_FILE,
     MANIFEST_FILE,
+    chains,
     check_role,
     collect,
     conditions,
     export_manifest,
     prompt_row,
     safe_name,
+    turn_max_tokens,
     write_rows,
 )
 from biasmed.records import NONE
@@ -57,16 +59,24 @@ def export_lmeval(
     role: str = "user",
     max_tokens: int = 16,
     temperature: float = 0.0,
+    answer_line_max_tokens: int = 512,
 ) -> Path:
     """Write the lm-eval task folder for a Benchmark, a list of Prompt or a `biasmed build` file.
 
-    `max_tokens` and `temperature` default to `biasmed run`'s. Returns the folder.
+    `max_tokens` and `temperature` default to `biasmed run`'s; a reasoning task (its replies end
+    with `Answer: X`) gets `answer_line_max_tokens`. A multi-turn mitigation (reflect) is refused:
+    lm-eval tasks are single-turn. Returns the folder.
     """
     check_role(role)
     group = safe_name(group)
     prompts, manifest = collect(prompts_or_benchmark)
     if not prompts:
         raise ValueError("export: no prompts to export")
+    multi = chains(prompts)
+    if multi:
+        raise ValueError(f"--to lm-eval: {', '.join(multi)} is a multi-turn mitigation and lm-eval tasks are "
+                         "single-turn; export it with --to inspect, or leave it out of --mitigations")
+    formats = {p.mitigation: p.answer_format for p in prompts}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     conds = conditions(prompts)
@@ -76,11 +86,13 @@ def export_lmeval(
     _write(out / "utils.py", _UTILS.replace("@ROLE@", role).replace("@DATA@", DATA_FILE))
     _write(out / TEMPLATE_FILE, _template_yaml(role, max_tokens, temperature))
     for (bias, mitigation), name in names.items():
-        _write(out / f"{name}.yaml", _task_yaml(name, bias, mitigation))
+        tokens = turn_max_tokens(formats[mitigation], max_tokens, answer_line_max_tokens)
+        _write(out / f"{name}.yaml", _task_yaml(name, bias, mitigation,
+                                                None if tokens == max_tokens else (tokens, temperature)))
     biased = any(b != NONE for b, _ in conds)
     _write(out / f"{group}.yaml", _group_yaml(group, list(names.values()), biased))
     extra = {"group": group, "tasks": list(names.values()), "max_tokens": max_tokens,
-             "temperature": temperature}
+             "answer_line_max_tokens": answer_line_max_tokens, "temperature": temperature}
     _write(out / MANIFEST_FILE, json.dumps(export_manifest(prompts, manifest, "lm-eval", role, extra),
                                            indent=2, ensure_ascii=False) + "\n")
     return out
@@ -89,6 +101,16 @@ def export_lmeval(
 def _q(text: str) -> str:
     # a JSON string is a valid YAML double-quoted scalar: no surprise typing ("no", "1e3")
     return json.dumps(text, ensure_ascii=False)
+
+
+def _generation(max_tokens: int, temperature: float) -> str:
+    return f"""\
+generation_kwargs:
+  until: []
+  max_gen_toks: {int(max_tokens)}
+  do_sample: {"true" if temperature > 0 else "false"}
+  temperature: {float(temperature)}
+"""
 
 
 def _template_yaml(role: str, max_tokens: int, temperature: float) -> str:
@@ -105,12 +127,7 @@ doc_to_text: !function utils.doc_to_text
 doc_to_target: answer_idx
 description: {description}
 process_results: !function utils.process_results
-generation_kwargs:
-  until: []
-  max_gen_toks: {int(max_tokens)}
-  do_sample: {"true" if temperature > 0 else "false"}
-  temperature: {float(temperature)}
-metric_list:
+{_generation(max_tokens, temperature)}metric_list:
   - metric: acc
     aggregation: mean
     higher_is_better: true
@@ -120,14 +137,16 @@ metric_list:
 """
 
 
-def _task_yaml(name: str, bias: str, mitigation: str) -> str:
+def _task_yaml(name: str, bias: str, mitigation: str, generation: tuple[int, float] | None = None) -> str:
     adopted = ("" if bias == NONE else
                "  - metric: adopted\n    aggregation: mean\n    higher_is_better: false\n")
+    # a reasoning task's longer replies: its own generation_kwargs replace the template's
+    gen = "" if generation is None else _generation(*generation)
     return f"""\
 include: {TEMPLATE_FILE}
 task: {_q(name)}
 task_alias: {_q(bias if mitigation == "none" else f"{bias} / {mitigation}")}
-metric_list:
+{gen}metric_list:
   - metric: acc
     aggregation: mean
     higher_is_better: true
@@ -165,7 +184,8 @@ _UTILS = '''\
 """BiasMedQA for lm-evaluation-harness (written by `biasmed export --to lm-eval`).
 
 Needs biasmed installed (`pip install biasmed`): replies are scored by biasmed.scoring, the same
-robust letter extraction that `biasmed run` applies, so both report the same answers.
+robust letter extraction that `biasmed run` applies (a reasoning reply by its final `Answer: X`),
+so both report the same answers.
 """
 
 from __future__ import annotations
@@ -202,10 +222,12 @@ def _options(doc):
 
 
 def process_results(doc, results):
-    from biasmed.scoring import score
+    from biasmed.scoring import verdict
 
     reply = results[0] if results else None
-    s = score(reply, doc["answer_idx"], "robust", _options(doc))
+    opts = _options(doc)
+    s = verdict(mode="generate", response=reply, logprobs=None, answer_idx=doc["answer_idx"],
+                letters="".join(opts), options=opts, answer_format=doc.get("answer_format") or "letter")
     out = {"acc": float(s.correct), "nr": float(s.nr)}
     if doc.get("bias_target"):
         out["adopted"] = float(s.letter == doc["bias_target"])
