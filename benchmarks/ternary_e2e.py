@@ -10,7 +10,12 @@ In one process, contenders interleaved and repeated (the machine may be shared: 
 * SpikeGPT 216M-shaped (18 layers, 768, vocab 50277) vs its dense equivalent, transformers'
   RWKV-4 of the same shape (SpikeGPT without the spiking neurons), both bf16.
 
-    python benchmarks/ternary_e2e.py --repeats 5 [--json out.json]
+    python benchmarks/ternary_e2e.py --repeats 5 [--threads 1] [--json out.json]
+
+``--threads`` sets torch's intra-op threads for both contenders (the native kernel runs on one
+thread either way, see ``biasmed.ternary.native``).  On a shared, oversubscribed machine use 1:
+with 2, every parallel region of the dense model waits for a descheduled worker thread, which
+measured the dense decode at under 1 token/s and flattered the ternary model 24x.
 """
 
 from __future__ import annotations
@@ -86,8 +91,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-spikegpt", action="store_true")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", help="write the raw figures here")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pairs = {"hgrn-vs-llama": (hgrn_370m, llama_370m, 32000)}
     if not args.skip_spikegpt:
         pairs["spikegpt-vs-rwkv"] = (spikegpt_216m, rwkv_216m, 50277)

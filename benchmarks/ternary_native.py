@@ -7,7 +7,10 @@ from float32 activations (quantization, the exact int8 x ternary product and the
 included).  Contenders alternate within each repeat and the figures are medians, so a shared,
 busy machine affects both alike.  Every shape is checked exact against the PyTorch reference.
 
-    python benchmarks/ternary_native.py --repeats 15 [--json out.json]
+    python benchmarks/ternary_native.py --repeats 15 [--threads 1] [--json out.json]
+
+``--threads`` sets torch's threads for the bf16 matmul (the native kernel uses one thread by
+default); 1 gives both contenders one core, which is what a shared 2-core machine can promise.
 """
 
 from __future__ import annotations
@@ -43,8 +46,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--models", default="370M,1.3B,2.7B")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     kernel = native.load()
     if kernel is None:
         raise SystemExit("the native kernel is not available here")
