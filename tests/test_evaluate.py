@@ -125,3 +125,11 @@ def test_readme_library_blocks_run(tmp_path):
                               text=True, timeout=600)
         assert proc.returncode == 0, f"README Library block {i + 1} failed:\n{code}\n{proc.stderr[-3000:]}"
     assert (tmp_path / "results" / "always-a" / "samples.jsonl").is_file()
+
+
+def test_chosen_biases_keep_their_unbiased_twin_and_expand_like_the_cli(tmp_path):
+    result = biasmed.evaluate(first_letter_of_hash, limit=2, biases=["recency"], out=tmp_path / "one")
+    assert sorted(set(result.samples["bias"])) == ["none", "recency"] and len(result.samples) == 4
+    both = biasmed.evaluate(first_letter_of_hash, limit=1, biases="default,placebo", out=tmp_path / "pl")
+    biases = set(both.samples["bias"])
+    assert "none" in biases and set(biasmed.BIASES) <= biases and len(biases) > len(biasmed.BIASES) + 1

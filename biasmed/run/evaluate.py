@@ -256,7 +256,7 @@ def _load_prompts(s: RunSettings) -> tuple[list[Prompt], dict[str, Any]]:
         return _prompts_from_file(Path(s.data), s.biases, mits, s.limit)
     questions, pool, templates = load_sources(s.medqa, s.split, s.options, mits, s.template_version,
                                               [Path(f) for f in s.bias_files] or None)
-    bench = build_benchmark(questions, list(s.biases) if s.biases is not None else None, templates, s.seed,
+    bench = build_benchmark(questions, ",".join(s.biases) if s.biases is not None else None, templates, s.seed,
                             mits, pool, s.target_mode, limit=s.limit, role=s.role, draws=s.draws,
                             mitigation_set=ms)
     return bench.prompts(), bench.manifest()
