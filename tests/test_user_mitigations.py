@@ -59,6 +59,8 @@ def test_the_example_runs_through_evaluate(tmp_path: Path) -> None:
     assert row["n_chain"] == 2 and row["changed_rate"] == 1.0
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert "second_look" in meta["mitigations"]
+    user = meta["mitigation_set"]["user"]  # what was asked is recorded, text included
+    assert user["second_look"]["follow_ups"][0].startswith("Take a second look") and user["consider_alternatives"]["text"]
 
 
 def test_the_example_runs_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -496,6 +496,8 @@ async def _run_locked(m: Model, spec: str, provider: str, s: RunSettings, prompt
         "data_file": manifest.get("data_file"),
         "biases": list(dict.fromkeys([*(old.get("biases") or []), *manifest.get("biases", [])])),
         "mitigations": list(dict.fromkeys([*(old.get("mitigations") or []), *s.mitigations])),
+        # the mitigations' version and sha256, and a --mitigation-file's text (what was asked)
+        "mitigation_set": manifest.get("mitigation_set") or old.get("mitigation_set"),
         "limit": s.limit,
         "prompts": len(prompts),
         "runner": {k: getattr(cfg, k) for k in ("concurrency", "rpm", "tpm", "timeout", "max_retries",
