@@ -324,3 +324,21 @@ def test_load_mmfree_latent_and_dtype(ckpt: Path) -> None:
     for bad in ("int8", "banana"):
         with pytest.raises(ValueError, match="unknown dtype"):
             ternary.load_mmfree(str(ckpt), dtype=bad)
+
+
+def test_native_recurrence_equals_the_pytorch_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from biasmed.ternary import native
+    from biasmed.ternary.hgrn_bit import hgrn_recurrence
+
+    if native.load() is None:
+        pytest.skip("the native ternary kernel cannot be built here")
+    gen = torch.Generator().manual_seed(3)
+    i = torch.randn(2, 37, 19, generator=gen)
+    f = torch.rand(2, 37, 19, generator=gen)
+    h0 = torch.randn(2, 19, generator=gen)
+    got = [hgrn_recurrence(i, f, h0), hgrn_recurrence(i, f, None)]
+    monkeypatch.setattr(native, "load", lambda: None)  # the PyTorch loop
+    want = [hgrn_recurrence(i, f, h0), hgrn_recurrence(i, f, None)]
+    for (out, last), (out_ref, last_ref) in zip(got, want, strict=True):
+        assert torch.equal(out, out_ref) and torch.equal(last, last_ref)
+    assert not torch.equal(want[0][0], want[1][0])  # the initial state matters

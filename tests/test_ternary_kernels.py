@@ -152,7 +152,7 @@ def test_block256_layout_roundtrip(k: int) -> None:
 
 # (K, N): odd and even sizes, with and without whole 256-column blocks and a tail
 NATIVE_SHAPES = [(1, 1), (7, 5), (130, 17), (253, 33), (256, 96), (300, 7), (1030, 9), (2816, 11)]
-NATIVE_BATCHES = [1, 2, 3, 5, 8, 17, 64]
+NATIVE_BATCHES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 64, 75]
 
 
 @pytest.fixture(scope="module")

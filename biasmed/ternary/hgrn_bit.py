@@ -44,6 +44,7 @@ from transformers import GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
+from biasmed.ternary import native
 from biasmed.ternary.kernels import layout_for, normed_bitlinear
 from biasmed.ternary.packing import PackedTernary, pack_weight, repack
 from biasmed.ternary.quant import compute_dtype, rms_norm
@@ -256,6 +257,10 @@ def hgrn_recurrence(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``h_t = f_t * h_{t-1} + i_t`` over dim 1 of ``[B, T, D]``; returns all ``h`` and the last."""
     bsz, seq, dim = i.shape
+    if seq > 1 and i.device.type == "cpu" and i.dtype == f.dtype == torch.float32:
+        kernel = native.load()  # one call instead of a Python loop of 2 ops per token
+        if kernel is not None and (h0 is None or h0.dtype == torch.float32):
+            return kernel.hgrn_scan_f32(i, f, h0)
     h = torch.zeros(bsz, dim, dtype=i.dtype, device=i.device) if h0 is None else h0
     out = torch.empty_like(i)
     for t in range(seq):

@@ -90,7 +90,6 @@ class NativeKernel:
             raise MemoryError("native ternary kernel: out of memory")
         return out
 
-
     def bitlinear_f32(self, x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: PackedTernary) -> torch.Tensor:
         """RMSNorm (``norm_weight``, ``eps``) then :meth:`linear_f32`, in one call (float32 ``x [M, K]``).
 
@@ -109,6 +108,23 @@ class NativeKernel:
         if rc != 0:
             raise MemoryError("native ternary kernel: out of memory")
         return out
+
+
+    def hgrn_scan_f32(self, i: torch.Tensor, f: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """HGRN's ``h_t = f_t * h_{t-1} + i_t`` (fused multiply-add) over dim 1 of float32 ``[B, T, D]``: all ``h`` and the last.
+
+        One rounding per step, like torch.addcmul on CPU in the PyTorch loop
+        (:func:`biasmed.ternary.hgrn_bit.hgrn_recurrence`), so the same values bit for bit.
+        """
+        bsz, seq, dim = i.shape
+        if f.shape != i.shape or i.dtype != torch.float32 or f.dtype != torch.float32:
+            raise ValueError(f"expected two float32 [B, T, D] tensors, got {i.dtype} {tuple(i.shape)}, "
+                             f"{f.dtype} {tuple(f.shape)}")
+        i, f = i.contiguous(), f.contiguous()
+        h = torch.zeros(bsz, dim) if h0 is None else h0.to(torch.float32).reshape(bsz, dim).clone()
+        out = torch.empty_like(i)
+        self.lib.bt_hgrn_scan_f32(i.data_ptr(), f.data_ptr(), h.data_ptr(), out.data_ptr(), bsz, seq, dim)
+        return out, h
 
 
 def _threads() -> int:
@@ -180,6 +196,8 @@ def _open(path: Path) -> NativeKernel:
     lib.bt_bitlinear_f32.argtypes = [
         ctypes.c_int, ctypes.c_int, _ptr, _i64, _i64, _i64, _ptr, ctypes.c_float, _ptr, _i64, _ptr, ctypes.c_int, _ptr,
     ]  # fmt: skip
+    lib.bt_hgrn_scan_f32.restype = None
+    lib.bt_hgrn_scan_f32.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64]
     isa = int(lib.bt_isa())
     forced = os.environ.get("BIASMED_TERNARY_ISA")  # tests and benchmarks: a lower ISA than the CPU's
     if forced:
