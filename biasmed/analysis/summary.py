@@ -117,7 +117,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     df["logged_is_correct_raw"] = [e.get("logged_is_correct_raw", e.get("logged_is_correct")) for e in extras]
     df["draw"] = df["draw"].fillna(0).astype(int)
     # the run's list price (USD per 1M tokens): the cost of an answer whether or not this run paid it
-    price = meta.get("price") if isinstance(meta.get("price"), dict) else {}
+    price = meta.get("price")
+    price = price if isinstance(price, dict) else {}
     df["price_in_1m"] = _float_or_nan(price.get("input_per_1m"))
     df["price_out_1m"] = _float_or_nan(price.get("output_per_1m"))
     # small on purpose: pandas deep-copies attrs on every operation
