@@ -140,13 +140,14 @@ def test_second_writer_exits_2_naming_the_first_and_nothing_is_doubled(tmp_path,
             assert first.poll() is None, first.communicate()
             assert time.monotonic() - t0 < 60
             time.sleep(0.02)
-        received = sum(api.received.values())
         second = subprocess.run([sys.executable, "-c", "from biasmed.cli import main; main()", *_args(api.url, out)],
                                 env=env, capture_output=True, text=True, timeout=120)
         assert second.returncode == 2, second.stderr
         (line,) = [x for x in second.stderr.splitlines() if x.startswith("biasmed: error: ")]
         assert f"pid {first.pid} on " in line and "another biasmed run is writing this folder" in line
-        assert sum(api.received.values()) == received  # the second paid for nothing
+        # the second paid for nothing: it would have asked the same prompts again (the first keeps
+        # sending up to --concurrency requests meanwhile, so a count taken before is no baseline)
+        assert max(api.received.values()) == 1
         api.release()
         assert first.wait(120) == 0, first.communicate()
     ids = _ids(out / "samples.jsonl")
