@@ -9,6 +9,10 @@ busy machine affects both alike.  Every shape is checked exact against the PyTor
 
     python benchmarks/ternary_native.py --repeats 15 [--threads 1] [--json out.json]
 
+The native column also gives the kernel's rate in GMAC/s, and the run starts by measuring the
+ceiling of that rate on this core: the best of 200 short loops of independent AVX-512
+``vpdpbusd`` (64 multiply-adds each), where the CPU has them.
+
 ``--threads`` sets torch's threads for the bf16 matmul (the native kernel uses one thread by
 default); 1 gives both contenders one core, which is what a shared 2-core machine can promise.
 """
@@ -41,6 +45,17 @@ def _ms(fn, inner: int) -> float:
     return (time.perf_counter() - start) * 1e3 / inner
 
 
+def vnni_peak_gmacs(kernel: native.NativeKernel, trials: int = 200, iters: int = 20000) -> float | None:
+    """Best rate of 12 independent vpdpbusd chains over ``trials`` short runs (None without VNNI)."""
+    best = 0.0
+    for _ in range(trials):
+        start = time.perf_counter()
+        if kernel.lib.bt_vnni_peak(iters) == -1:
+            return None
+        best = max(best, iters * 12 * 64 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -56,8 +71,11 @@ def main() -> None:
         raise SystemExit("the native kernel is not available here")
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
-    print(f"isa {kernel.isa_name}, torch {torch.__version__}, {torch.get_num_threads()} torch threads")
-    print("| model | K->N | batch | bf16 ms | native ms | speed-up |\n|---|---|---:|---:|---:|---:|")
+    peak = vnni_peak_gmacs(kernel)
+    print(f"isa {kernel.isa_name}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
+          f"vpdpbusd ceiling {peak or 0:.0f} GMAC/s")
+    print("| model | K->N | batch | bf16 ms | native ms | native GMAC/s | speed-up |\n"
+          "|---|---|---:|---:|---:|---:|---:|")
     gen = torch.Generator().manual_seed(0)
     for model in args.models.split(","):
         for k, n in SHAPES[model]:
@@ -81,11 +99,12 @@ def main() -> None:
                 row = {"model": model, "k": k, "n": n, "batch": m, "bf16_ms": statistics.median(dense),
                        "native_ms": statistics.median(tern), "speedup": statistics.median(ratios)}
                 rows.append(row)
+                row["native_gmacs"] = m * k * n / row["native_ms"] / 1e6
                 print(f"| {model} | {k}->{n} | {m} | {row['bf16_ms']:.3f} | {row['native_ms']:.3f} | "
-                      f"{row['speedup']:.2f}x |", flush=True)
+                      f"{row['native_gmacs']:.0f} | {row['speedup']:.2f}x |", flush=True)
     if args.json:
         meta = {"machine": platform.machine(), "isa": kernel.isa_name, "torch": torch.__version__,
-                "threads": torch.get_num_threads()}
+                "threads": torch.get_num_threads(), "vnni_peak_gmacs": peak}
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=2)
 

@@ -89,6 +89,7 @@ def check_ternary_method() -> dict[str, Any]:
     from vllm.model_executor.layers.linear import ReplicatedLinear
     from vllm.model_executor.model_loader.weight_utils import default_weight_loader
 
+    from biasmed.ternary.kernels import ternary_matmul
     from biasmed.ternary.packing import unpack_ternary
     from biasmed.ternary.quant import (
         fake_quantize_activations,
@@ -97,7 +98,6 @@ def check_ternary_method() -> dict[str, Any]:
         ternarize,
     )
     from biasmed.ternary.vllm_ternary import TernaryConfig, TernaryLinearMethod, packed_weight
-    from biasmed.ternary.kernels import ternary_matmul
 
     gen = torch.Generator().manual_seed(0)
     k, n = 70, 24  # K not a multiple of 4: exercises the padding of the packed layout
@@ -149,12 +149,71 @@ def check_ternary_method() -> dict[str, Any]:
     }
 
 
+_KERNEL_CALLS = ("gemm_i8", "linear_f32", "bitlinear_f32")
+
+
+def probe_native(model: Any) -> dict[str, Any]:
+    """Runs inside vLLM's model worker (``LLM.apply_model``): which ternary kernel the loaded
+    model will use, and a call counter on the native kernel's entry points and on the PyTorch
+    reference from now on (read back by :func:`native_calls` after generating)."""
+    import torch
+
+    from biasmed.ternary import kernels, native
+
+    counts = getattr(native.NativeKernel, "_test_calls", None)
+    if counts is None:
+        counts = {name: 0 for name in (*_KERNEL_CALLS, "reference")}
+        native.NativeKernel._test_calls = counts  # type: ignore[attr-defined]
+
+        def counted(name: str, fn: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                counts[name] += 1
+                return fn(*args, **kwargs)
+
+            return wrapper
+
+        for name in _KERNEL_CALLS:
+            setattr(native.NativeKernel, name, counted(name, getattr(native.NativeKernel, name)))
+        kernels.ternary_matmul_reference = counted("reference", kernels.ternary_matmul_reference)
+    kernel = native.load()
+    layouts = [m.ternary_layout for m in model.modules() if hasattr(m, "ternary_layout")]
+    return {
+        "native_isa": kernel.isa_name if kernel is not None else None,
+        "backend": kernels.resolve_backend("auto", torch.device("cpu")),
+        "layouts": sorted(set(layouts)),
+        "ternary_layers": len(layouts),
+    }
+
+
+def native_calls(model: Any) -> dict[str, int]:
+    from biasmed.ternary import native
+
+    return dict(native.NativeKernel._test_calls)  # type: ignore[attr-defined]
+
+
+def _probes() -> Any:
+    """This file imported under its own name: vLLM pickles the probe functions by reference, and
+    ``__main__``'s are not importable in its worker process (PYTHONPATH carries the folder there)."""
+    import os
+    import sys
+
+    here = str(Path(__file__).resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), here) if p)
+    import _vllm_worker
+
+    return _vllm_worker
+
+
 def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
     import os
 
     from vllm import LLM, SamplingParams
 
     os.environ.update(spec.get("env", {}))
+    if spec.get("probe_native"):
+        _probes()  # before the engine starts its worker process
     t0 = time.perf_counter()
     llm = LLM(model=spec["model"], **spec["llm_kwargs"])
     started = time.perf_counter() - t0
@@ -162,14 +221,18 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
                             detokenize=False)
     prompts: list[Any] = [{"prompt_token_ids": ids} for ids in spec.get("prompt_ids", [])]
     prompts += spec.get("prompt_texts", [])
+    probe = llm.apply_model(_probes().probe_native)[0] if spec.get("probe_native") else None
     t1 = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     generated = time.perf_counter() - t1
+    calls = llm.apply_model(_probes().native_calls)[0] if spec.get("probe_native") else None
     result = {
         "tokens": [list(o.outputs[0].token_ids) for o in outputs],
         "prompt_token_ids": [list(o.prompt_token_ids) for o in outputs],
         "start_s": round(started, 2),
         "generate_s": round(generated, 2),
+        "native_probe": probe,
+        "native_calls": calls,
     }
     del llm  # shuts the engine-core and worker processes down before the next engine
     return result

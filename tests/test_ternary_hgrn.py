@@ -290,7 +290,7 @@ def test_recurrent_state_is_constant_size(ckpt: Path) -> None:
         size = cache.nbytes()
         assert size == 2 * 2 * 64 * 4  # layers x batch x hidden x float32
         step_logits = []
-        for t in range(5):
+        for _ in range(5):
             nxt = out.logits[:, -1:].argmax(-1)
             ids = torch.cat([ids, nxt], dim=1)
             out = model(input_ids=nxt, past_key_values=cache, use_cache=True)

@@ -99,6 +99,10 @@ def cases(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
                 "prompt_ids": hgrn_prompts, "prompt_texts": [text],
                 # "ternary" named explicitly: vLLM must know the method from the plugin.
                 "llm_kwargs": {**common, "quantization": "ternary"},
+                # The probe is a function sent to vLLM's worker process (LLM.apply_model), which
+                # vLLM pickles by value only when allowed to.
+                "probe_native": True,
+                "env": {"VLLM_ALLOW_INSECURE_SERIALIZATION": "1"},
             },
             "prompts": hgrn_prompts + [text_ids],
             "expected": [_greedy(hgrn, p) for p in hgrn_prompts + [text_ids]],
@@ -195,3 +199,19 @@ def test_vllm_greedy_tokens_equal_transformers(worker: dict[str, Any], cases, mo
     case = cases[model]
     assert got["prompt_token_ids"] == case["prompts"]  # the text prompt: same tokenizer result
     assert got["tokens"] == case["expected"]
+
+
+def test_vllm_hgrn_engine_runs_the_native_kernel(worker: dict[str, Any]) -> None:
+    """Inside vLLM's model worker the ternary layers are packed for the native CPU kernel and
+    generating calls it, never the PyTorch reference (where the kernel builds here)."""
+    from biasmed.ternary import native
+
+    if native.load() is None:
+        pytest.skip("the native ternary kernel cannot be built here (no C++ compiler or not x86-64)")
+    got = _part(worker, "engine:hgrn")
+    probe, calls = got["native_probe"], got["native_calls"]
+    assert probe["native_isa"] == native.load().isa_name
+    assert probe["backend"] == "native"
+    assert probe["layouts"] == [native.LAYOUT] and probe["ternary_layers"] > 0
+    assert calls["reference"] == 0, calls
+    assert calls["linear_f32"] + calls["bitlinear_f32"] >= MAX_TOKENS * probe["ternary_layers"], calls

@@ -570,4 +570,21 @@ extern "C" void bt_hgrn_scan_f32(const float* i, const float* f, float* h, float
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) scan_fma(i, f, h, out, b, t, d);
     else scan_rows<false>(i, f, h, out, b, t, d);
 }
+
+// Diagnostics for benchmarks/ternary_native.py: `iters` rounds of 12 independent vpdpbusd zmm
+// (64 multiply-adds each), the instruction-throughput ceiling of every AVX-512 product above.
+// Returns a value that depends on the work so it cannot be optimised away.
+T512 static int vnni_peak_512(i64 iters) {
+    __m512i acc[12];
+    for (int j = 0; j < 12; ++j) acc[j] = _mm512_set1_epi32(j);
+    __m512i a = _mm512_set1_epi8(1), b = _mm512_set1_epi8(2);
+    for (i64 it = 0; it < iters; ++it) {
+        for (int j = 0; j < 12; ++j) acc[j] = _mm512_dpbusd_epi32(acc[j], a, b);
+        __asm__ volatile("" : "+v"(a));
+    }
+    int r = 0;
+    for (int j = 0; j < 12; ++j) r += _mm512_reduce_add_epi32(acc[j]);
+    return r;
+}
+extern "C" int bt_vnni_peak(i64 iters) { return bt_isa() == ISA_AVX512VNNI ? vnni_peak_512(iters) : -1; }
 """

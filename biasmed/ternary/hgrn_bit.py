@@ -126,6 +126,9 @@ class BitLinear(nn.Module):
     CPU kernel, ``quarter`` otherwise), repacked once whenever backend or device change.
     """
 
+    packed_weight: torch.Tensor  # buffers registered by to_ternary()
+    weight_scale: torch.Tensor
+
     def __init__(self, in_features: int, out_features: int, norm_eps: float = BITLINEAR_NORM_EPS) -> None:
         super().__init__()
         self.in_features = in_features
@@ -429,7 +432,9 @@ class HGRNBitModel(HGRNBitPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        if not isinstance(value, nn.Embedding):
+            raise TypeError(f"HGRN-bit's input embeddings must be an nn.Embedding, got {type(value).__name__}")
         self.embeddings = value
 
     def layer_lower_bounds(self) -> torch.Tensor | None:
@@ -462,7 +467,7 @@ class HGRNBitModel(HGRNBitPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> HGRNBitModelOutput | tuple:
+    ) -> ModelOutput | tuple:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -518,8 +523,8 @@ class HGRNBitForCausalLM(HGRNBitPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embeddings
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embeddings = value
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> BitLinear:
         return self.lm_head
@@ -540,7 +545,7 @@ class HGRNBitForCausalLM(HGRNBitPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs: Any,
-    ) -> HGRNBitCausalLMOutput | tuple:
+    ) -> ModelOutput | tuple:
         """Logits for every position (or the last ``logits_to_keep``), float32."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         out = self.model(

@@ -101,6 +101,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def _native_kernel() -> native.NativeKernel:
+    """The loaded native kernel (callers resolved the backend to ``"native"``, so it loaded)."""
+    kernel = native.load()
+    if kernel is None:  # pragma: no cover - resolve_backend never answers "native" then
+        raise RuntimeError("the native ternary kernel is not available")
+    return kernel
+
+
 def layout_for(backend: str, device: torch.device) -> str:
     """The packed layout the resolved backend reads without repacking."""
     return _LAYOUT[resolve_backend(backend, device)] or "quarter"
@@ -127,7 +135,7 @@ def ternary_matmul(x_q: torch.Tensor, w: PackedTernary, backend: str = "auto") -
         out = ternary_matmul_triton(x2, w)
     elif chosen == "native":
         _check(x2, w)
-        out = native.load().gemm_i8(x2, w)
+        out = _native_kernel().gemm_i8(x2, w)
     else:
         out = ternary_matmul_reference(x2, w)
     return out.reshape(*lead, w.out_features)
@@ -166,7 +174,7 @@ def bitlinear(x: torch.Tensor, w: PackedTernary, backend: str = "auto") -> torch
         x2 = x.reshape(-1, x.shape[-1]).float()
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        out = native.load().linear_f32(x2, _as_layout(w, chosen))
+        out = _native_kernel().linear_f32(x2, _as_layout(w, chosen))
         return out.reshape(*x.shape[:-1], w.out_features)
     x_q, x_scale = quantize_activations(x)
     return ternary_linear(x_q, x_scale, w, chosen)
@@ -185,6 +193,6 @@ def normed_bitlinear(
         x2 = x.reshape(-1, x.shape[-1])
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
-        out = native.load().bitlinear_f32(x2, norm_weight, eps, _as_layout(w, chosen))
+        out = _native_kernel().bitlinear_f32(x2, norm_weight, eps, _as_layout(w, chosen))
         return out.reshape(*x.shape[:-1], w.out_features)
     return bitlinear(rms_norm(x, norm_weight, eps), w, chosen)

@@ -196,6 +196,8 @@ def _open(path: Path) -> NativeKernel:
     lib.bt_bitlinear_f32.argtypes = [
         ctypes.c_int, ctypes.c_int, _ptr, _i64, _i64, _i64, _ptr, ctypes.c_float, _ptr, _i64, _ptr, ctypes.c_int, _ptr,
     ]  # fmt: skip
+    lib.bt_vnni_peak.restype = ctypes.c_int
+    lib.bt_vnni_peak.argtypes = [_i64]
     lib.bt_hgrn_scan_f32.restype = None
     lib.bt_hgrn_scan_f32.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64]
     isa = int(lib.bt_isa())

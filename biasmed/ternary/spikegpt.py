@@ -163,7 +163,9 @@ class SpikeGPTConfig(PretrainedConfig):
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        # transformers' stub shows PretrainedConfig.__init__ without its dataclass fields; at run
+        # time it is wrapped to accept every field (tie_word_embeddings included) as a keyword.
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)  # type: ignore[call-arg]
 
 
 def state_shape(config: SpikeGPTConfig) -> tuple[int, int]:
@@ -403,6 +405,7 @@ class SpikeGPTCausalLMOutput(ModelOutput):
 
 class SpikeGPTPreTrainedModel(PreTrainedModel):
     config_class = SpikeGPTConfig
+    config: SpikeGPTConfig
     base_model_prefix = "spikegpt"
     main_input_name = "input_ids"
     _no_split_modules = ["SpikeGPTBlock"]
@@ -455,7 +458,9 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.emb
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        if not isinstance(value, nn.Embedding):
+            raise TypeError(f"SpikeGPT's input embeddings must be an nn.Embedding, got {type(value).__name__}")
         self.emb = value
 
     def get_output_embeddings(self) -> nn.Linear:
@@ -515,7 +520,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
         # untouched, and a decode step makes no per-layer copies and no final stack.
         new_state = state.clone()
         hidden_states = [x] if output_hidden_states else None
-        spikes = [] if output_spikes else None
+        spikes: list[torch.Tensor] | None = [] if output_spikes else None
         for i, block in enumerate(self.blocks):
             x, _, layer_spikes = block(x, new_state[i], mask, inplace=True)
             if hidden_states is not None:
@@ -622,7 +627,7 @@ class SpikeGPTForCausalLM(SpikeGPTPreTrainedModel, GenerationMixin):
             if not name.endswith(_FP32_PARAMS):  # decay/bonus stay float32, as model_run keeps them
                 param.data = param.data.to(dtype)
         if device is not None:
-            model.to(device)
+            model.to(device)  # type: ignore[arg-type]  # (decorated PreTrainedModel.to, as below)
         return model.eval()
 
 
@@ -687,7 +692,7 @@ def _count_layers(state_dict: dict[str, torch.Tensor], source: str) -> int:
 def config_from_state_dict(state_dict: dict[str, torch.Tensor], **overrides: Any) -> SpikeGPTConfig:
     """A config whose sizes match the tensors; other fields take defaults or ``overrides``."""
     vocab_size, hidden_size = state_dict["emb.weight"].shape
-    sizes = dict(
+    sizes: dict[str, Any] = dict(
         vocab_size=int(vocab_size),
         hidden_size=int(hidden_size),
         num_hidden_layers=_count_layers(state_dict, "state dict"),
@@ -799,7 +804,8 @@ def load_spikegpt(
         else:
             model = SpikeGPTForCausalLM.from_pth(pth, config=config, dtype=dtype)
     if device is not None:
-        model.to(device)
+        # transformers wraps PreTrainedModel.to in a decorator that its stub types badly
+        model.to(device)  # type: ignore[arg-type]
     return model.eval(), load_tokenizer(tokenizer, model_dir=model_dir)
 
 

@@ -144,7 +144,7 @@ def _launch(
         out = torch.zeros(m, n, dtype=torch.int32, device=x_q.device)
     else:
         out = torch.empty(m, n, dtype=torch.float32, device=x_q.device)
-    xs = (x_scale.reshape(-1).float().contiguous() if dequant else out)  # dummy pointer otherwise
+    xs = x_scale.reshape(-1).float().contiguous() if dequant and x_scale is not None else out  # dummy pointer otherwise
     ws = (w.scale.reshape(1).float().to(x_q.device) if dequant else out)
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
     _kernel()[grid](
