@@ -13,6 +13,8 @@ Public API (see README, "Library"):
 
 from __future__ import annotations
 
+# `biasmed.report(...)` writes what `biasmed report` writes: the report package is callable
+from biasmed import report  # noqa: E402  (after the stages it builds on)
 from biasmed._version import __version__
 from biasmed.analysis.summary import Summary, load_run, summarize
 from biasmed.api import EvalResult, evaluate, evaluate_async
@@ -32,9 +34,6 @@ from biasmed.errors import (
 )
 from biasmed.models.base import Model
 from biasmed.records import BIASES, MITIGATIONS, Answer, ErrorKind, GenParams, Item, Prompt, Question, Sample
-
-# `biasmed.report(...)` writes what `biasmed report` writes: the report package is callable
-from biasmed import report  # noqa: E402  (after the stages it builds on)
 
 __all__ = [
     "BIASES",

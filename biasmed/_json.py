@@ -59,9 +59,15 @@ def _short(where: str, limit: int = 60) -> str:
     return where if len(where) <= limit else where[: limit - 1] + "…"
 
 
-def loads(raw: bytes | str, path: str, line: int, field: str = "line", *,
-          object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
-          surrogates: str = "error") -> Any:
+def loads(
+    raw: bytes | str,
+    path: str,
+    line: int,
+    field: str = "line",
+    *,
+    object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
+    surrogates: str = "error",
+) -> Any:
     """Parse one JSON document read from `path` at `line`; every failure is a DataError.
 
     `surrogates`: "error" reports a lone surrogate; "replace" turns it into U+FFFD (for readers
@@ -71,7 +77,9 @@ def loads(raw: bytes | str, path: str, line: int, field: str = "line", *,
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(path, line, field, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})") from None
+            raise DataError(
+                path, line, field, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+            ) from None
     else:
         text = raw
     try:

@@ -51,7 +51,7 @@ class EvalResult:
     n_boot: int = 10_000
 
     @cached_property
-    def samples(self) -> "pd.DataFrame":
+    def samples(self) -> pd.DataFrame:
         """This run folder's samples, one row each (`biasmed.load_run`)."""
         return load_run(self.path)
 
@@ -61,9 +61,18 @@ class EvalResult:
         return summarize(self.path, convention=self.convention, n_boot=self.n_boot)
 
     @classmethod
-    def from_outcome(cls, o: RunOutcome, convention: str, n_boot: int) -> "EvalResult":
-        return cls(path=o.path, status=o.status, message=o.message, totals=o.totals, stats=o.stats, meta=o.meta,
-                   plan=o.plan, convention=convention, n_boot=n_boot)
+    def from_outcome(cls, o: RunOutcome, convention: str, n_boot: int) -> EvalResult:
+        return cls(
+            path=o.path,
+            status=o.status,
+            message=o.message,
+            totals=o.totals,
+            stats=o.stats,
+            meta=o.meta,
+            plan=o.plan,
+            convention=convention,
+            n_boot=n_boot,
+        )
 
 
 def _as_model(model: ModelLike) -> str | Model:
@@ -73,24 +82,55 @@ def _as_model(model: ModelLike) -> str | Model:
 
 
 async def evaluate_async(
-    model: ModelLike, *, medqa: str | os.PathLike[str] | None = None, data: str | os.PathLike[str] | None = None,
-    split: str = "test", options: int = 5, biases: Sequence[str] | str | None = None,
-    mitigations: Sequence[str] | str | None = None, template_version: str = "paper-2024",
-    target_mode: str = "incorrect", seed: int = 0, draws: int = 1, limit: int | None = None,
-    bias_files: Sequence[str | os.PathLike[str]] = (), mode: str = "generate",
-    out: str | os.PathLike[str] | None = None, convention: str = DEFAULT_CONVENTION, n_boot: int = 10_000,
-    dry_run: bool = False, on_progress: Callable[[RunStats], None] | None = None,
-    on_start: Callable[[int], None] | None = None, **settings: Any,
+    model: ModelLike,
+    *,
+    medqa: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    split: str = "test",
+    options: int = 5,
+    biases: Sequence[str] | str | None = None,
+    mitigations: Sequence[str] | str | None = None,
+    template_version: str = "paper-2024",
+    target_mode: str = "incorrect",
+    seed: int = 0,
+    draws: int = 1,
+    limit: int | None = None,
+    bias_files: Sequence[str | os.PathLike[str]] = (),
+    mode: str = "generate",
+    out: str | os.PathLike[str] | None = None,
+    convention: str = DEFAULT_CONVENTION,
+    n_boot: int = 10_000,
+    dry_run: bool = False,
+    on_progress: Callable[[RunStats], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    **settings: Any,
 ) -> EvalResult:
     """`evaluate()` for code that already runs an event loop: `await biasmed.evaluate_async(...)`."""
     s = RunSettings.from_kwargs(
-        medqa=None if medqa is None else str(medqa), data=None if data is None else str(data), split=split,
-        options=options, biases=biases, mitigations=mitigations if mitigations is not None else ("none",),
-        template_version=template_version, target_mode=target_mode, seed=seed, draws=draws, limit=limit,
-        bias_files=tuple(str(f) for f in bias_files), mode=mode, **settings)
+        medqa=None if medqa is None else str(medqa),
+        data=None if data is None else str(data),
+        split=split,
+        options=options,
+        biases=biases,
+        mitigations=mitigations if mitigations is not None else ("none",),
+        template_version=template_version,
+        target_mode=target_mode,
+        seed=seed,
+        draws=draws,
+        limit=limit,
+        bias_files=tuple(str(f) for f in bias_files),
+        mode=mode,
+        **settings,
+    )
     try:
-        outcome = await run_folder(_as_model(model), s, None if out is None else Path(out), dry_run=dry_run, on_progress=on_progress,
-                                   on_start=on_start)
+        outcome = await run_folder(
+            _as_model(model),
+            s,
+            None if out is None else Path(out),
+            dry_run=dry_run,
+            on_progress=on_progress,
+            on_start=on_start,
+        )
     except BiasmedError as e:
         if isinstance(e.result, RunOutcome):
             e.result = EvalResult.from_outcome(e.result, convention, n_boot)

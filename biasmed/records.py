@@ -126,7 +126,7 @@ class Prompt:
     def turns(self) -> int:
         return 1 + len(self.follow_ups)
 
-    def at_turn(self, replies: tuple[str, ...]) -> "Prompt":
+    def at_turn(self, replies: tuple[str, ...]) -> Prompt:
         """This chain's prompt for the turn after `replies` (the model's earlier replies): the
         first message, then each reply and the follow-up that came after it."""
         hist: list[tuple[str, str]] = []
@@ -192,7 +192,7 @@ class Answer:
     truncated_chars: int | None = None  # characters cut off a reply over --max-response-chars
 
     @classmethod
-    def failure(cls, kind: ErrorKind, message: str, **kw: Any) -> "Answer":
+    def failure(cls, kind: ErrorKind, message: str, **kw: Any) -> Answer:
         return cls(error=f"{kind.value}: {message}", error_kind=kind, **kw)
 
     def to_cache(self) -> dict[str, Any]:
@@ -203,7 +203,7 @@ class Answer:
         return d
 
     @classmethod
-    def from_cache(cls, d: dict[str, Any]) -> "Answer":
+    def from_cache(cls, d: dict[str, Any]) -> Answer:
         known = set(cls.__dataclass_fields__)
         kw = {k: v for k, v in d.items() if k in known}
         if kw.get("error_kind") is not None:
@@ -263,7 +263,7 @@ class Sample:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Sample":
+    def from_dict(cls, d: dict[str, Any]) -> Sample:
         known = set(cls.__dataclass_fields__)
         kw = {k: v for k, v in d.items() if k in known}
         kw.setdefault("schema", 1)  # a line without `schema` was written by 0.1.0

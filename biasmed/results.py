@@ -179,8 +179,14 @@ def iter_jsonl_numbered(path: str | os.PathLike[str]) -> Iterator[tuple[int, dic
 
 
 def _json_type(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "true/false",
-            int: "a number", float: "a number"}.get(type(value), "null")
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), "null")
 
 
 def _runtime_types(tp: Any) -> tuple[type, ...]:
@@ -204,8 +210,13 @@ def check_sample(rec: Mapping[str, Any], path: str | os.PathLike[str], line: int
     for k, allowed in _sample_types().items():
         v = rec.get(k)
         if not isinstance(v, allowed):
-            raise DataError(path, line, k, f"{_json_type(v)} where a sample has "
-                            f"{' or '.join(sorted({t.__name__ for t in allowed} - {'NoneType'}))}")
+            raise DataError(
+                path,
+                line,
+                k,
+                f"{_json_type(v)} where a sample has "
+                f"{' or '.join(sorted({t.__name__ for t in allowed} - {'NoneType'}))}",
+            )
 
 
 def read_samples(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -248,15 +259,26 @@ def read_run_json(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         for key, allowed in _RUN_JSON_TYPES[where].items():
             v = obj.get(key) if isinstance(obj, dict) else None
             if v is not None and not isinstance(v, allowed):
-                raise DataError(path, 1, where + key, f"{_json_type(v)} where run.json has "
-                                f"{' or '.join(t.__name__ for t in allowed)}")
+                raise DataError(
+                    path,
+                    1,
+                    where + key,
+                    f"{_json_type(v)} where run.json has {' or '.join(t.__name__ for t in allowed)}",
+                )
     return meta
 
 
 # the fields of run.json that readers (analysis, report, resume) use as values
 _RUN_JSON_TYPES: dict[str, dict[str, tuple[type, ...]]] = {
-    "": {"kind": (str,), "model": (str,), "created_at": (str,), "status": (str,), "dataset": (dict,),
-         "totals": (dict,), "invocations": (list,)},
+    "": {
+        "kind": (str,),
+        "model": (str,),
+        "created_at": (str,),
+        "status": (str,),
+        "dataset": (dict,),
+        "totals": (dict,),
+        "invocations": (list,),
+    },
     "dataset.": {"source": (str,), "sha256": (str,), "is_demo": (bool,)},
 }
 
@@ -289,8 +311,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _describe(holder: Mapping[str, Any]) -> str:
-    return (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, "
-            f"started {holder.get('started', '?')}")
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
 
 
 class RunLock:
@@ -322,8 +343,7 @@ class RunLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except PermissionError as e:
-            raise InputError(f"{self.path}: cannot create the run lock ({e.strerror}); "
-                             "pick a writable --out") from None
+            raise InputError(f"{self.path}: cannot create the run lock ({e.strerror}); pick a writable --out") from None
         except NotADirectoryError:
             raise InputError(f"{self.out}: not a folder (a file is in the way); pick another --out") from None
         except OSError as e:  # ENOSPC included: nothing can be written here
@@ -336,12 +356,15 @@ class RunLock:
             who = _describe(holder) if holder else "another process"
             if holder.get("pid") and holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"]):
                 who += " (no longer running: a child process of it still holds the lock)"
-            raise FolderLocked(f"{self.out}: another biasmed run is writing this folder ({who}); "
-                               "wait for it to finish or use another --out") from None
+            raise FolderLocked(
+                f"{self.out}: another biasmed run is writing this folder ({who}); "
+                "wait for it to finish or use another --out"
+            ) from None
         except OSError as e:  # a filesystem without flock (some network mounts)
             os.close(fd)
-            raise EnvironmentFailure(f"{self.path}: cannot lock the run folder ({e.strerror}); "
-                                     "use an --out on a local disk") from None
+            raise EnvironmentFailure(
+                f"{self.path}: cannot lock the run folder ({e.strerror}); use an --out on a local disk"
+            ) from None
         old = _read_holder(fd)
         if old:  # emptied on a clean release: what is left was written by a holder that died
             self.took_over = _describe(old)

@@ -32,8 +32,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 RULES: tuple[str, ...] = (
-    "paper-first-char", "letter", "answer-phrase", "cited-option", "option-text",
-    "ambiguous", "unparsed", "refusal", "nr", "logprob", "logged", "answer-line", "final-choice", "no-final",
+    "paper-first-char",
+    "letter",
+    "answer-phrase",
+    "cited-option",
+    "option-text",
+    "ambiguous",
+    "unparsed",
+    "refusal",
+    "nr",
+    "logprob",
+    "logged",
+    "answer-line",
+    "final-choice",
+    "no-final",
 )
 EXTRACTION_RULES: tuple[str, ...] = ("paper", "robust")
 _DEFAULT_LETTERS = "ABCDE"
@@ -61,6 +73,7 @@ def _letters(options: Mapping[str, str] | None, n_options: int | None) -> str:
 
 
 # --------------------------------------------------------------------------- paper rule
+
 
 def extract_paper(response: str | None, letters: str = _DEFAULT_LETTERS) -> Extraction:
     """The paper's rule: the first character of the reply; an empty reply is NR."""
@@ -162,7 +175,7 @@ def _clean(response: str) -> str:
         # "### Answer:" that closes the echoed question
         opt = _OPTIONS_HDR.search(text)
         ans = _ANSWER_HDR.search(text, opt.end()) if opt else None
-        text = text[ans.end():] if ans else ""
+        text = text[ans.end() :] if ans else ""
     m = _CONTINUATION.search(text)
     if m:
         text = text[: m.start()]
@@ -177,14 +190,15 @@ def _answer_phrases(text: str, letters: str) -> list[tuple[int, str]]:
             if letter not in letters or _restates_bias(text, m.start()):
                 continue
             # "the answer is A patient with ..." uses A as an article, not a letter
-            if letter == "A" and re.match(r"\s+[a-z]", text[m.end():]):
+            if letter == "A" and re.match(r"\s+[a-z]", text[m.end() :]):
                 continue
             found.append((m.start(1), letter))
     return found
 
 
-def _citations(text: str, letters: str, options: Mapping[str, str] | None,
-               with_mentions: bool = True) -> list[tuple[int, str]]:
+def _citations(
+    text: str, letters: str, options: Mapping[str, str] | None, with_mentions: bool = True
+) -> list[tuple[int, str]]:
     """Letters the reply points at without an answer verb: `C: <its option text>`, list lines
     (`C. text` at a line start) and, with `with_mentions`, bare mentions like `(C)` in prose."""
     found: list[tuple[int, str]] = []
@@ -208,13 +222,12 @@ def _citations(text: str, letters: str, options: Mapping[str, str] | None,
                 i = folded.find(needle, i + 1)
     else:
         # without the options, "C: <text>" anywhere is the closest thing to a citation
-        found += [(m.start(1), m.group(1)) for m in _COLON_LETTER.finditer(text)
-                  if not _restates_bias(text, m.start(1))]
-    found += [(m.start(1), m.group(1)) for m in _LINE_LETTER.finditer(text)
-              if not _restates_bias(text, m.start(1))]
+        found += [
+            (m.start(1), m.group(1)) for m in _COLON_LETTER.finditer(text) if not _restates_bias(text, m.start(1))
+        ]
+    found += [(m.start(1), m.group(1)) for m in _LINE_LETTER.finditer(text) if not _restates_bias(text, m.start(1))]
     if with_mentions:
-        found += [(m.start(1), m.group(1)) for m in _PAREN_LETTER.finditer(text)
-                  if not _restates_bias(text, m.start())]
+        found += [(m.start(1), m.group(1)) for m in _PAREN_LETTER.finditer(text) if not _restates_bias(text, m.start())]
     return [(p, x) for p, x in found if x in letters]
 
 
@@ -278,28 +291,40 @@ def extract_robust(
 # -------------------------------------------------------------------- reasoning replies
 
 # "Answer: C" as a line of its own (optionally "Final answer", markdown heading/bold stripped before)
-_ANSWER_LINE = re.compile(r"(?im)^[ \t>#-]*(?:final\s+|correct\s+)?answer\s*[:：=-]\s*(?:option\s+)?"
-                          r"[(\[]?\s*(?-i:([A-E]))\s*[)\]]?(?![\w\-/+])")
+_ANSWER_LINE = re.compile(
+    r"(?im)^[ \t>#-]*(?:final\s+|correct\s+)?answer\s*[:：=-]\s*(?:option\s+)?"
+    r"[(\[]?\s*(?-i:([A-E]))\s*[)\]]?(?![\w\-/+])"
+)
 # final-choice statements the shared answer phrases miss
 _FINAL_PATTERNS: tuple[re.Pattern[str], ...] = (
     # "I'll go with C", "I will choose option D", "my choice is (B)", "my final choice: E"
-    re.compile(r"\b(?:I'll|I\s+will|I\s+am\s+going\s+to|I'm\s+going\s+to)\s+(?:go\s+with|choose|select|pick)\s+"
-               r"(?:option\s+|choice\s+)?[(\[]?" + _L + r"(?![\w\-/+])", re.IGNORECASE),
-    re.compile(r"\b(?:my|the)\s+(?:final\s+)?(?:choice|selection|pick)\s*(?:is|would be|:)\s*(?:option\s+)?[(\[]?"
-               + _L + r"(?![\w\-/+])", re.IGNORECASE),
+    re.compile(
+        r"\b(?:I'll|I\s+will|I\s+am\s+going\s+to|I'm\s+going\s+to)\s+(?:go\s+with|choose|select|pick)\s+"
+        r"(?:option\s+|choice\s+)?[(\[]?" + _L + r"(?![\w\-/+])",
+        re.IGNORECASE,
+    ),
+    re.compile(
+        r"\b(?:my|the)\s+(?:final\s+)?(?:choice|selection|pick)\s*(?:is|would be|:)\s*(?:option\s+)?[(\[]?"
+        + _L
+        + r"(?![\w\-/+])",
+        re.IGNORECASE,
+    ),
     # "... is best explained by option C", "the most likely diagnosis is option B"
     re.compile(r"\bis\s+(?:best\s+\w+\s+by\s+)?(?:option|choice)\s+[(\[]?" + _L + r"(?![\w\-/+])", re.IGNORECASE),
     # "the best fit is C", "the most likely diagnosis would be (B)"
-    re.compile(r"\b(?:best|most\s+likely|most\s+appropriate|correct)\s+(?:fit|match|diagnosis|explanation|"
-               r"mechanism|treatment|management|step)\s+(?:is|would\s+be)\s+(?:option\s+)?[(\[]?" + _L
-               + r"(?![\w\-/+])", re.IGNORECASE),
+    re.compile(
+        r"\b(?:best|most\s+likely|most\s+appropriate|correct)\s+(?:fit|match|diagnosis|explanation|"
+        r"mechanism|treatment|management|step)\s+(?:is|would\s+be)\s+(?:option\s+)?[(\[]?" + _L + r"(?![\w\-/+])",
+        re.IGNORECASE,
+    ),
 )
 _MARKUP = re.compile(r"\*\*|__|(?<!\w)\*(?!\s)|(?<!\s)\*(?!\w)|`")
 _LAST_CITED = re.compile(r"^[ \t>#-]*[(\[]?([A-E])[)\]]?\s*[:.)\-–]\s+(\S.*)$")
 
 
-def extract_final(response: str | None, options: Mapping[str, str] | None = None,
-                  letters: str | None = None) -> Extraction:
+def extract_final(
+    response: str | None, options: Mapping[str, str] | None = None, letters: str | None = None
+) -> Extraction:
     """The final choice of a reasoning reply (module docstring): the last one stated wins."""
     letters = letters or _letters(options, None)
     if not isinstance(response, str):
@@ -310,13 +335,16 @@ def extract_final(response: str | None, options: Mapping[str, str] | None = None
     m = _ALONE.match(text)
     if m and m.group(1) in letters:
         return Extraction(m.group(1), "letter", False)
-    found = [(m.start(1), m.group(1), "answer-line") for m in _ANSWER_LINE.finditer(text)
-             if m.group(1) in letters]
+    found = [(m.start(1), m.group(1), "answer-line") for m in _ANSWER_LINE.finditer(text) if m.group(1) in letters]
     found += [(pos, x, "final-choice") for pos, x in _answer_phrases(text, letters)]
     for pat in _FINAL_PATTERNS:
-        found += [(m.start(1), m.group(1), "final-choice") for m in pat.finditer(text)
-                  if m.group(1) in letters and not _restates_bias(text, m.start())
-                  and not (m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end():]))]
+        found += [
+            (m.start(1), m.group(1), "final-choice")
+            for m in pat.finditer(text)
+            if m.group(1) in letters
+            and not _restates_bias(text, m.start())
+            and not (m.group(1) == "A" and re.match(r"\s+[a-z]", text[m.end() :]))
+        ]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     last = lines[-1] if lines else ""  # a last line that is a choice is stated last of all
     m = _ALONE.match(last)
@@ -324,8 +352,13 @@ def extract_final(response: str | None, options: Mapping[str, str] | None = None
         found.append((len(text), m.group(1), "final-choice"))
     else:
         m = _LAST_CITED.match(last)
-        if m and options and m.group(1) in options and m.group(1) in letters and \
-                _norm(m.group(2)).startswith(_norm(options[m.group(1)])[:40]):
+        if (
+            m
+            and options
+            and m.group(1) in options
+            and m.group(1) in letters
+            and _norm(m.group(2)).startswith(_norm(options[m.group(1)])[:40])
+        ):
             found.append((len(text), m.group(1), "final-choice"))
     if found:
         pos, letter, rule = max(found, key=lambda f: (f[0], f[2] == "answer-line"))
@@ -353,8 +386,7 @@ def extract(
     raise ValueError(f"extraction rule must be one of {', '.join(EXTRACTION_RULES)}, not {rule!r}")
 
 
-def score_logprobs(logprobs: Mapping[str, float] | None, answer_idx: str,
-                   letters: str | None = None) -> Scored:
+def score_logprobs(logprobs: Mapping[str, float] | None, answer_idx: str, letters: str | None = None) -> Scored:
     """Logprob mode: the most likely letter among the choices is the answer; none is NR."""
     lps = {k: v for k, v in (logprobs or {}).items() if letters is None or k in letters}
     if not lps:
@@ -419,11 +451,19 @@ def score(
     n_options: int | None = None,
 ) -> Scored:
     """A generate-mode reply's verdict (a convenience over `verdict`)."""
-    return verdict(mode="generate", response=response, logprobs=None, answer_idx=answer_idx,
-                   letters=_letters(options, n_options), options=options, rule=rule)
+    return verdict(
+        mode="generate",
+        response=response,
+        logprobs=None,
+        answer_idx=answer_idx,
+        letters=_letters(options, n_options),
+        options=options,
+        rule=rule,
+    )
 
 
 # --------------------------------------------------------------------------- the paper's own counts
+
 
 @dataclass(frozen=True)
 class PaperCount:

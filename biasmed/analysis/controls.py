@@ -36,30 +36,75 @@ BASE: CondKey = (NONE, "none", 0, "")
 
 # the summary columns this module fills (appended to analysis.SUMMARY_COLUMNS)
 CONTROL_COLUMNS: tuple[str, ...] = (
-    "n_paired_placebo", "acc_placebo", "placebo_diff", "placebo_diff_lo", "placebo_diff_hi", "p_placebo",
-    "p_placebo_holm", "adoption_placebo", "placebo_adoption_diff", "placebo_adoption_diff_lo",
-    "placebo_adoption_diff_hi", "p_placebo_adoption",
-    "n_paired_helpful", "acc_helpful", "helpful_gain", "helpful_gain_lo", "helpful_gain_hi", "p_helpful",
-    "p_helpful_holm", "susceptibility", "susceptibility_lo", "susceptibility_hi",
-    "acc_draws_mean", "acc_draws_sd", "acc_draws_min", "acc_draws_max", "acc_draws_lo", "acc_draws_hi",
-    "drop_draws", "drop_draws_lo", "drop_draws_hi",
-    "adoption_diff_draws", "adoption_diff_draws_lo", "adoption_diff_draws_hi",
+    "n_paired_placebo",
+    "acc_placebo",
+    "placebo_diff",
+    "placebo_diff_lo",
+    "placebo_diff_hi",
+    "p_placebo",
+    "p_placebo_holm",
+    "adoption_placebo",
+    "placebo_adoption_diff",
+    "placebo_adoption_diff_lo",
+    "placebo_adoption_diff_hi",
+    "p_placebo_adoption",
+    "n_paired_helpful",
+    "acc_helpful",
+    "helpful_gain",
+    "helpful_gain_lo",
+    "helpful_gain_hi",
+    "p_helpful",
+    "p_helpful_holm",
+    "susceptibility",
+    "susceptibility_lo",
+    "susceptibility_hi",
+    "acc_draws_mean",
+    "acc_draws_sd",
+    "acc_draws_min",
+    "acc_draws_max",
+    "acc_draws_lo",
+    "acc_draws_hi",
+    "drop_draws",
+    "drop_draws_lo",
+    "drop_draws_hi",
+    "adoption_diff_draws",
+    "adoption_diff_draws_lo",
+    "adoption_diff_draws_hi",
 )
 # the model-level figures, one row per (model, mitigation): Summary.model_controls, controls.csv
 MODEL_CONTROL_COLUMNS: tuple[str, ...] = (
-    "model", "mitigation", "target_mode",
-    "placebo_biases", "placebo_n", "mean_placebo_diff", "mean_placebo_diff_lo", "mean_placebo_diff_hi",
-    "helpful_biases", "helpful_n", "mean_helpful_gain", "mean_helpful_gain_lo", "mean_helpful_gain_hi",
-    "susceptibility_biases", "susceptibility_n", "susceptibility", "susceptibility_lo", "susceptibility_hi",
-    "follow_wrong", "follow_right",
-    "draws", "draws_biases", "draws_n", "mean_biased_acc_draws", "mean_biased_acc_draws_lo",
+    "model",
+    "mitigation",
+    "target_mode",
+    "placebo_biases",
+    "placebo_n",
+    "mean_placebo_diff",
+    "mean_placebo_diff_lo",
+    "mean_placebo_diff_hi",
+    "helpful_biases",
+    "helpful_n",
+    "mean_helpful_gain",
+    "mean_helpful_gain_lo",
+    "mean_helpful_gain_hi",
+    "susceptibility_biases",
+    "susceptibility_n",
+    "susceptibility",
+    "susceptibility_lo",
+    "susceptibility_hi",
+    "follow_wrong",
+    "follow_right",
+    "draws",
+    "draws_biases",
+    "draws_n",
+    "mean_biased_acc_draws",
+    "mean_biased_acc_draws_lo",
     "mean_biased_acc_draws_hi",
 )
 
 
 def control_of(bias: str) -> str:
     """The bias a placebo condition controls for ("" for anything else)."""
-    return bias[len(PLACEBO_PREFIX):] if bias.startswith(PLACEBO_PREFIX) else ""
+    return bias[len(PLACEBO_PREFIX) :] if bias.startswith(PLACEBO_PREFIX) else ""
 
 
 @dataclass
@@ -89,8 +134,10 @@ def follows(c: Cond, target: np.ndarray) -> np.ndarray:
 def susceptibility_values(wrong: Cond, right: Cond, base: Cond) -> np.ndarray:
     """Per question: 1/2 [(follows wrong suggestion - baseline share of that letter)
     + (follows right suggestion - baseline share of that letter)]; NaN unless all three are there."""
-    return 0.5 * ((follows(wrong, wrong.target) - follows(base, wrong.target))
-                  + (follows(right, right.target) - follows(base, right.target)))
+    return 0.5 * (
+        (follows(wrong, wrong.target) - follows(base, wrong.target))
+        + (follows(right, right.target) - follows(base, right.target))
+    )
 
 
 def complete_mean(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -124,8 +171,10 @@ def _paired(x: np.ndarray, y: np.ndarray, n_boot: int, rng) -> Any:
 
 # --------------------------------------------------------------------------- per-row columns
 
-def fill_columns(rows: Sequence[dict[str, Any]], conds: Mapping[CondKey, Cond], model: str,
-                 n_boot: int, seed: int) -> None:
+
+def fill_columns(
+    rows: Sequence[dict[str, Any]], conds: Mapping[CondKey, Cond], model: str, n_boot: int, seed: int
+) -> None:
     """Fill CONTROL_COLUMNS (NaN where a control is absent) and n_draws in a model's rows."""
     from biasmed.analysis.stats import bootstrap_mean
 
@@ -145,38 +194,67 @@ def fill_columns(rows: Sequence[dict[str, Any]], conds: Mapping[CondKey, Cond], 
             continue
         key = (bias, mit, draw, tm)
         if not control_of(bias):
-            _placebo(r, me, conds.get((PLACEBO_PREFIX + bias, mit, draw, tm)), n_boot,
-                     lambda what, key=key: _rng(seed, model, *key, what))
+            _placebo(
+                r,
+                me,
+                conds.get((PLACEBO_PREFIX + bias, mit, draw, tm)),
+                n_boot,
+                lambda what, key=key: _rng(seed, model, *key, what),
+            )
             if tm == "incorrect" and base is not None:
                 right = conds.get((bias, mit, draw, HELPFUL_MODE)) or conds.get((bias, mit, 0, HELPFUL_MODE))
                 if right is not None:
                     g = _paired(right.correct, base.correct, n_boot, _rng(seed, model, *key, "helpful"))
-                    r.update(n_paired_helpful=g.n, acc_helpful=g.mean_x, helpful_gain=g.diff,
-                             helpful_gain_lo=g.lo, helpful_gain_hi=g.hi, p_helpful=g.p)
-                    s = bootstrap_mean(susceptibility_values(me, right, base), n_boot,
-                                       _rng(seed, model, *key, "susceptibility"))
+                    r.update(
+                        n_paired_helpful=g.n,
+                        acc_helpful=g.mean_x,
+                        helpful_gain=g.diff,
+                        helpful_gain_lo=g.lo,
+                        helpful_gain_hi=g.hi,
+                        p_helpful=g.p,
+                    )
+                    s = bootstrap_mean(
+                        susceptibility_values(me, right, base), n_boot, _rng(seed, model, *key, "susceptibility")
+                    )
                     r.update(susceptibility=s.mean, susceptibility_lo=s.lo, susceptibility_hi=s.hi)
         ks = sorted(draws_of.get((bias, mit, tm), []))
         if draw == 0 and len(ks) >= 2 and base is not None:
-            _draw_columns(r, [conds[(bias, mit, k, tm)] for k in ks],
-                          [by_key[(bias, mit, k, tm)]["accuracy"] for k in ks if (bias, mit, k, tm) in by_key],
-                          base, n_boot, lambda what, key=key: _rng(seed, model, *key, what))
+            _draw_columns(
+                r,
+                [conds[(bias, mit, k, tm)] for k in ks],
+                [by_key[(bias, mit, k, tm)]["accuracy"] for k in ks if (bias, mit, k, tm) in by_key],
+                base,
+                n_boot,
+                lambda what, key=key: _rng(seed, model, *key, what),
+            )
 
 
 def _placebo(r: dict[str, Any], me: Cond, pl: Cond | None, n_boot: int, rng) -> None:
     if pl is None:
         return
     d = _paired(pl.correct, me.correct, n_boot, rng("placebo"))
-    r.update(n_paired_placebo=d.n, acc_placebo=d.mean_x, placebo_diff=d.diff, placebo_diff_lo=d.lo,
-             placebo_diff_hi=d.hi, p_placebo=d.p)
+    r.update(
+        n_paired_placebo=d.n,
+        acc_placebo=d.mean_x,
+        placebo_diff=d.diff,
+        placebo_diff_lo=d.lo,
+        placebo_diff_hi=d.hi,
+        p_placebo=d.p,
+    )
     a = _paired(follows(me, me.target), follows(pl, pl.target), n_boot, rng("placebo-adopt"))
     if a.n:
-        r.update(adoption_placebo=a.mean_y, placebo_adoption_diff=a.diff, placebo_adoption_diff_lo=a.lo,
-                 placebo_adoption_diff_hi=a.hi, p_placebo_adoption=a.p)
+        r.update(
+            adoption_placebo=a.mean_y,
+            placebo_adoption_diff=a.diff,
+            placebo_adoption_diff_lo=a.lo,
+            placebo_adoption_diff_hi=a.hi,
+            p_placebo_adoption=a.p,
+        )
 
 
-def _draw_columns(r: dict[str, Any], per_draw: Sequence[Cond], accuracies: Sequence[float], base: Cond,
-                  n_boot: int, rng) -> None:
+def _draw_columns(
+    r: dict[str, Any], per_draw: Sequence[Cond], accuracies: Sequence[float], base: Cond, n_boot: int, rng
+) -> None:
     from biasmed.analysis.stats import bootstrap_mean, spread
 
     sp = spread(accuracies)
@@ -192,6 +270,7 @@ def _draw_columns(r: dict[str, Any], per_draw: Sequence[Cond], accuracies: Seque
 
 
 # --------------------------------------------------------------------------- model level
+
 
 def primary_mode(modes: Sequence[str]) -> str | None:
     """The target mode whose biased rows are the benchmark: incorrect, else random (never correct)."""
@@ -219,12 +298,12 @@ def model_rows(model: str, conds: Mapping[CondKey, Cond], n_boot: int, seed: int
         core = [b for b in BIASES if pm and (b, mit, 0, pm) in conds]
 
         # the closures below run within this iteration; defaults bind its row and mitigation
-        def agg(group: str, value: str, biases: list[str], per_bias, row: dict[str, Any] = row,
-                mit: str = mit) -> None:
+        def agg(group: str, value: str, biases: list[str], per_bias, row: dict[str, Any] = row, mit: str = mit) -> None:
             row.update({f"{group}_biases": ";".join(biases), f"{group}_n": 0})
             if biases:
-                m = bootstrap_mean(complete_mean([per_bias(b) for b in biases]), n_boot,
-                                   _rng(seed, model, mit, "model", group))
+                m = bootstrap_mean(
+                    complete_mean([per_bias(b) for b in biases]), n_boot, _rng(seed, model, mit, "model", group)
+                )
                 row.update({f"{group}_n": m.n, value: m.mean, f"{value}_lo": m.lo, f"{value}_hi": m.hi})
 
         # the move to a planted wrong letter, net of its baseline share
@@ -237,11 +316,19 @@ def model_rows(model: str, conds: Mapping[CondKey, Cond], n_boot: int, seed: int
             c = conds[(b, mit, 0, HELPFUL_MODE)]
             return follows(c, c.target) - follows(base, c.target)
 
-        agg("placebo", "mean_placebo_diff", [b for b in core if (PLACEBO_PREFIX + b, mit, 0, mode) in conds],
-            lambda b, mit=mit: conds[(PLACEBO_PREFIX + b, mit, 0, mode)].correct - conds[(b, mit, 0, mode)].correct)
+        agg(
+            "placebo",
+            "mean_placebo_diff",
+            [b for b in core if (PLACEBO_PREFIX + b, mit, 0, mode) in conds],
+            lambda b, mit=mit: conds[(PLACEBO_PREFIX + b, mit, 0, mode)].correct - conds[(b, mit, 0, mode)].correct,
+        )
         helpful = [b for b in BIASES if (b, mit, 0, HELPFUL_MODE) in conds]
-        agg("helpful", "mean_helpful_gain", helpful,
-            lambda b, mit=mit: conds[(b, mit, 0, HELPFUL_MODE)].correct - base.correct)
+        agg(
+            "helpful",
+            "mean_helpful_gain",
+            helpful,
+            lambda b, mit=mit: conds[(b, mit, 0, HELPFUL_MODE)].correct - base.correct,
+        )
         both = [b for b in core if pm == "incorrect" and b in helpful]
         agg("susceptibility", "susceptibility", both, lambda b: 0.5 * (wrong(b) + right(b)))
         if both:
@@ -254,8 +341,9 @@ def model_rows(model: str, conds: Mapping[CondKey, Cond], n_boot: int, seed: int
     return out
 
 
-def _model_draws(row: dict[str, Any], core: list[str], conds: Mapping[CondKey, Cond], mit: str,
-                 pm: str | None, n_boot: int, rng) -> None:
+def _model_draws(
+    row: dict[str, Any], core: list[str], conds: Mapping[CondKey, Cond], mit: str, pm: str | None, n_boot: int, rng
+) -> None:
     """Mean accuracy over the core biases and the draws they all have, pooled per question."""
     from biasmed.analysis.stats import bootstrap_mean
 
@@ -269,26 +357,29 @@ def _model_draws(row: dict[str, Any], core: list[str], conds: Mapping[CondKey, C
         row["draws_n"] = 0
         return
     m = bootstrap_mean(complete_mean([conds[(b, mit, k, pm)].correct for b in core for k in ks]), n_boot, rng)
-    row.update(draws_n=m.n, mean_biased_acc_draws=m.mean, mean_biased_acc_draws_lo=m.lo,
-               mean_biased_acc_draws_hi=m.hi)
+    row.update(draws_n=m.n, mean_biased_acc_draws=m.mean, mean_biased_acc_draws_lo=m.lo, mean_biased_acc_draws_hi=m.hi)
 
 
 # --------------------------------------------------------------------------- what a summary holds
+
 
 def controls_present(table: pd.DataFrame, model: str) -> dict[str, bool]:
     """Which controls a model's summary rows hold: placebo, helpful, draws."""
     m = table[table["model"] == model]
     if m.empty or "control_of" not in m:
         return {"placebo": False, "helpful": False, "draws": False}
-    return {"placebo": bool(m["placebo_diff"].notna().any()),
-            "helpful": bool((m["target_mode"] == HELPFUL_MODE).any()),
-            "draws": bool((m["n_draws"].fillna(1) > 1).any())}
+    return {
+        "placebo": bool(m["placebo_diff"].notna().any()),
+        "helpful": bool((m["target_mode"] == HELPFUL_MODE).any()),
+        "draws": bool((m["n_draws"].fillna(1) > 1).any()),
+    }
 
 
 def controls_frame(model_controls: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """controls.csv: the model-level rows of the (model, mitigation) pairs with any control."""
     import pandas as pd
 
-    rows = [r for r in model_controls
-            if r.get("placebo_biases") or r.get("helpful_biases") or (r.get("draws") or 0) >= 2]
+    rows = [
+        r for r in model_controls if r.get("placebo_biases") or r.get("helpful_biases") or (r.get("draws") or 0) >= 2
+    ]
     return pd.DataFrame(rows, columns=list(MODEL_CONTROL_COLUMNS))

@@ -103,8 +103,7 @@ def cells(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.bincount(x.astype(np.int64) * 2 + y.astype(np.int64), minlength=4)
 
 
-def paired_diff(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator,
-                alpha: float = 0.05) -> PairedDiff:
+def paired_diff(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Generator, alpha: float = 0.05) -> PairedDiff:
     """Paired difference of proportions mean(x) - mean(y), percentile bootstrap CI, exact McNemar."""
     c = cells(x, y)
     n = int(c.sum())
@@ -117,8 +116,17 @@ def paired_diff(x: np.ndarray, y: np.ndarray, n_boot: int, rng: np.random.Genera
         draws = rng.multinomial(n, c / n, size=n_boot)
         boot = (draws[:, 2] - draws[:, 1]) / n
         lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return PairedDiff(n, float((c[2] + c[3]) / n), float((c[1] + c[3]) / n), float(diff),
-                      float(lo), float(hi), int(c[2]), int(c[1]), mcnemar_exact(int(c[2]), int(c[1])))
+    return PairedDiff(
+        n,
+        float((c[2] + c[3]) / n),
+        float((c[1] + c[3]) / n),
+        float(diff),
+        float(lo),
+        float(hi),
+        int(c[2]),
+        int(c[1]),
+        mcnemar_exact(int(c[2]), int(c[1])),
+    )
 
 
 @dataclass(frozen=True)
@@ -131,8 +139,15 @@ class Recovery:
     hi: float
 
 
-def recovery(unbiased: np.ndarray, biased: np.ndarray, mitigated: np.ndarray, n_boot: int,
-             rng: np.random.Generator, alpha: float = 0.05, min_valid: float = 0.95) -> Recovery:
+def recovery(
+    unbiased: np.ndarray,
+    biased: np.ndarray,
+    mitigated: np.ndarray,
+    n_boot: int,
+    rng: np.random.Generator,
+    alpha: float = 0.05,
+    min_valid: float = 0.95,
+) -> Recovery:
     """(acc(mitigated) - acc(biased)) / (acc(unbiased) - acc(biased)).
 
     1 means the mitigation restores unbiased accuracy, 0 that it does nothing, below 0 that it
@@ -178,8 +193,9 @@ class MeanCI:
     hi: float
 
 
-def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator, alpha: float = 0.05,
-                   chunk: int = 2000) -> MeanCI:
+def bootstrap_mean(
+    values: np.ndarray, n_boot: int, rng: np.random.Generator, alpha: float = 0.05, chunk: int = 2000
+) -> MeanCI:
     """Mean of per-question values (NaN = question absent) and its question-bootstrap CI.
 
     Each value may itself be a summary of one question over several conditions (a mean over
@@ -198,8 +214,9 @@ def bootstrap_mean(values: np.ndarray, n_boot: int, rng: np.random.Generator, al
     if n_boot > 0:
         uniq, counts = np.unique(v, return_counts=True)
         p = counts / n
-        boot = np.concatenate([rng.multinomial(n, p, size=min(chunk, n_boot - s)) @ uniq / n
-                               for s in range(0, n_boot, chunk)])
+        boot = np.concatenate(
+            [rng.multinomial(n, p, size=min(chunk, n_boot - s)) @ uniq / n for s in range(0, n_boot, chunk)]
+        )
         lo, hi = (float(x) for x in np.quantile(boot, [alpha / 2, 1 - alpha / 2]))
     # rounded: a mean of k/7-type values should not print as -0.000
     return MeanCI(n, float(np.round(v.mean(), 12)), lo, hi)

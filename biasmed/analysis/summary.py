@@ -56,29 +56,80 @@ RunLike = Union[str, os.PathLike, "pd.DataFrame"]
 # mitigation, per 1,000 extra tokens per answer; for chains (reflect): the first answer's accuracy
 # and how the final answer moved (toward / away from the planted letter)
 MITIGATION_COLUMNS: tuple[str, ...] = (
-    "recovery_same_mit", "recovery_same_mit_lo", "recovery_same_mit_hi",
-    "tokens_per_answer", "output_tokens_per_answer", "cost_per_answer",
-    "acc_gain", "extra_tokens_per_answer", "recovered_per_1k_tokens",
-    "n_chain", "acc_first", "changed_rate", "toward", "away", "toward_rate", "away_rate",
+    "recovery_same_mit",
+    "recovery_same_mit_lo",
+    "recovery_same_mit_hi",
+    "tokens_per_answer",
+    "output_tokens_per_answer",
+    "cost_per_answer",
+    "acc_gain",
+    "extra_tokens_per_answer",
+    "recovered_per_1k_tokens",
+    "n_chain",
+    "acc_first",
+    "changed_rate",
+    "toward",
+    "away",
+    "toward_rate",
+    "away_rate",
 )
 SUMMARY_COLUMNS: tuple[str, ...] = (
-    "convention", "model", "bias", "mitigation", "draw", "template_version",
-    "n", "correct", "n_nr", "n_errors", "acc_den", "accuracy", "acc_lo", "acc_hi", "nr_rate", "acc_excl_nr",
-    "n_paired", "drop", "drop_lo", "drop_hi", "p_mcnemar", "p_holm", "significant",
-    "n_paired_same_mit", "drop_same_mit", "drop_same_mit_lo", "drop_same_mit_hi", "p_same_mit",
-    "n_target", "adoption", "adoption_base", "adoption_diff", "adoption_lo", "adoption_hi", "p_adoption",
-    "flips", "flip_rate",
-    "recovery", "recovery_lo", "recovery_hi",
-    "z_paper", "p_paper",
-    "is_demo", "dataset_sha256",
+    "convention",
+    "model",
+    "bias",
+    "mitigation",
+    "draw",
+    "template_version",
+    "n",
+    "correct",
+    "n_nr",
+    "n_errors",
+    "acc_den",
+    "accuracy",
+    "acc_lo",
+    "acc_hi",
+    "nr_rate",
+    "acc_excl_nr",
+    "n_paired",
+    "drop",
+    "drop_lo",
+    "drop_hi",
+    "p_mcnemar",
+    "p_holm",
+    "significant",
+    "n_paired_same_mit",
+    "drop_same_mit",
+    "drop_same_mit_lo",
+    "drop_same_mit_hi",
+    "p_same_mit",
+    "n_target",
+    "adoption",
+    "adoption_base",
+    "adoption_diff",
+    "adoption_lo",
+    "adoption_hi",
+    "p_adoption",
+    "flips",
+    "flip_rate",
+    "recovery",
+    "recovery_lo",
+    "recovery_hi",
+    "z_paper",
+    "p_paper",
+    "is_demo",
+    "dataset_sha256",
     # additions (issue 6): controls and re-drawn targets; docs/controls.md
-    "target_mode", "control_of", "n_draws", *CONTROL_COLUMNS,
+    "target_mode",
+    "control_of",
+    "n_draws",
+    *CONTROL_COLUMNS,
     # additions (issue 13): what a mitigation costs and wins back; docs/mitigations.md
     *MITIGATION_COLUMNS,
 )
 
 
 # --------------------------------------------------------------------------- loading
+
 
 def load_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """A run folder's samples as a DataFrame (one row per sample).
@@ -122,9 +173,14 @@ def load_run(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     df["price_in_1m"] = _float_or_nan(price.get("input_per_1m"))
     df["price_out_1m"] = _float_or_nan(price.get("output_per_1m"))
     # small on purpose: pandas deep-copies attrs on every operation
-    df.attrs["run"] = {"path": str(run_dir), "kind": meta.get("kind", "run"), "model": meta.get("model"),
-                       "dataset": dict(ds), "created_at": meta.get("created_at"),
-                       "biasmed_version": meta.get("biasmed_version")}
+    df.attrs["run"] = {
+        "path": str(run_dir),
+        "kind": meta.get("kind", "run"),
+        "model": meta.get("model"),
+        "dataset": dict(ds),
+        "created_at": meta.get("created_at"),
+        "biasmed_version": meta.get("biasmed_version"),
+    }
     return df
 
 
@@ -156,6 +212,7 @@ def _folder(x: Any) -> str | os.PathLike[str]:
 
 
 # --------------------------------------------------------------------------- scoring a frame
+
 
 @dataclass
 class Scored:
@@ -203,8 +260,7 @@ class Summary:
 
     def leaderboard_csv(self) -> pd.DataFrame:
         """leaderboard.csv: the leaderboard (0.1.0 folders only: without the issue-13 columns)."""
-        return (self.leaderboard.drop(columns=list(LEADERBOARD_MITIGATION_COLUMNS)) if self.legacy
-                else self.leaderboard)
+        return self.leaderboard.drop(columns=list(LEADERBOARD_MITIGATION_COLUMNS)) if self.legacy else self.leaderboard
 
     @property
     def models(self) -> list[str]:
@@ -216,7 +272,7 @@ class Summary:
 
 
 def paper_denominator(model: str, run_kind: str) -> str:
-    """"total" or "answered": how the paper divided (see docs/conventions.md)."""
+    """ "total" or "answered": how the paper divided (see docs/conventions.md)."""
     if run_kind == PAPER_LOGS_KIND and not str(model).lower().startswith("gpt-"):
         return "answered"
     return "total"
@@ -232,8 +288,11 @@ def combine(frames: Sequence[pd.DataFrame], allow_mixed: bool = False) -> tuple[
     df = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
     hashes = sorted({h for f in frames for h in f["dataset_sha256"].dropna().unique()})
     if len(hashes) > 1:
-        where = "; ".join(f"{f.attrs.get('run', {}).get('path', '?')}: {str(h)[:12]}"
-                          for f in frames for h in f["dataset_sha256"].dropna().unique())
+        where = "; ".join(
+            f"{f.attrs.get('run', {}).get('path', '?')}: {str(h)[:12]}"
+            for f in frames
+            for h in f["dataset_sha256"].dropna().unique()
+        )
         if not allow_mixed:
             raise InputError(f"runs were built from different datasets ({where}); pass --allow-mixed to combine them")
         notes.append(f"MIXED DATASETS combined on request (--allow-mixed): {where}")
@@ -244,11 +303,14 @@ def combine(frames: Sequence[pd.DataFrame], allow_mixed: bool = False) -> tuple[
     if dup.any():
         n_none = int((dup & (df["bias"] == NONE)).sum())
         if int(dup.sum()) > n_none:
-            notes.append(f"{int(dup.sum()) - n_none} biased samples repeated across runs were dropped "
-                         "(first occurrence kept)")
+            notes.append(
+                f"{int(dup.sum()) - n_none} biased samples repeated across runs were dropped (first occurrence kept)"
+            )
         if n_none:
-            notes.append(f"{n_none} unbiased samples repeated across runs were dropped (first occurrence kept; "
-                         "a run of the helpful-bias control repeats the unbiased questions)")
+            notes.append(
+                f"{n_none} unbiased samples repeated across runs were dropped (first occurrence kept; "
+                "a run of the helpful-bias control repeats the unbiased questions)"
+            )
         df = df[~dup].reset_index(drop=True)
     return df, notes
 
@@ -256,8 +318,10 @@ def combine(frames: Sequence[pd.DataFrame], allow_mixed: bool = False) -> tuple[
 def target_modes(df: pd.DataFrame) -> list[str]:
     """Each sample's target mode: "" when unbiased, else as recorded ("incorrect" when missing)."""
     modes = df["target_mode"].tolist() if "target_mode" in df else [None] * len(df)
-    return ["" if b == NONE else (m if isinstance(m, str) and m else "incorrect")
-            for b, m in zip(df["bias"].tolist(), modes, strict=True)]
+    return [
+        "" if b == NONE else (m if isinstance(m, str) and m else "incorrect")
+        for b, m in zip(df["bias"].tolist(), modes, strict=True)
+    ]
 
 
 def _select_rows(df: pd.DataFrame, convention: str) -> pd.DataFrame:
@@ -346,17 +410,32 @@ def score_frame(df: pd.DataFrame, convention: str = DEFAULT_CONVENTION) -> pd.Da
             options = opts[i] if isinstance(opts[i], dict) else None
             # a reasoning reply is read by its final answer under either convention
             fmt = extras[i].get("answer_format")
-            v = verdict(mode=modes[i], response=resp[i], logprobs=lps[i], answer_idx=gold[i], letters=lets,
-                        options=options, rule=convention, answer_format=fmt if isinstance(fmt, str) else "letter")
+            v = verdict(
+                mode=modes[i],
+                response=resp[i],
+                logprobs=lps[i],
+                answer_idx=gold[i],
+                letters=lets,
+                options=options,
+                rule=convention,
+                answer_format=fmt if isinstance(fmt, str) else "letter",
+            )
             letters[i], rules[i], correct[i], nr[i] = v.letter, v.rule, v.correct, v.nr
             turns = extras[i].get("turns")
             if isinstance(turns, list) and turns and isinstance(turns[0], dict):
                 chain[i] = True
                 # a chain: its first answer, read as the first turn asked for it
                 ffmt = turns[0].get("format")
-                first = verdict(mode=modes[i], response=turns[0].get("response"), logprobs=None,
-                                answer_idx=gold[i], letters=lets, options=options, rule=convention,
-                                answer_format=ffmt if isinstance(ffmt, str) else "letter")
+                first = verdict(
+                    mode=modes[i],
+                    response=turns[0].get("response"),
+                    logprobs=None,
+                    answer_idx=gold[i],
+                    letters=lets,
+                    options=options,
+                    rule=convention,
+                    answer_format=ffmt if isinstance(ffmt, str) else "letter",
+                )
                 first_letters[i] = first.letter
                 if len(turns) >= 2:
                     changes[i] = chain_change(first.letter, v.letter, targets[i])
@@ -378,8 +457,9 @@ def score_frame(df: pd.DataFrame, convention: str = DEFAULT_CONVENTION) -> pd.Da
     return df
 
 
-def prepare(runs_or_frames: RunLike | Sequence[RunLike], convention: str = DEFAULT_CONVENTION,
-            allow_mixed: bool = False) -> Scored:
+def prepare(
+    runs_or_frames: RunLike | Sequence[RunLike], convention: str = DEFAULT_CONVENTION, allow_mixed: bool = False
+) -> Scored:
     """Load, combine and score runs; errors (failed API calls) are set aside and counted."""
     frames = _as_frames(runs_or_frames)
     runs = [f.attrs.get("run", {}) for f in frames]
@@ -390,23 +470,36 @@ def prepare(runs_or_frames: RunLike | Sequence[RunLike], convention: str = DEFAU
     scored = score_frame(df, convention)
     legacy_logs = (scored["run_kind"] == PAPER_LOGS_KIND) & (scored["schema"].fillna(1) < 2)
     if convention == "robust" and bool(legacy_logs.any()):
-        notes.append("paper logs imported by biasmed 0.1.0 carry no option texts: the robust rule read "
-                     "letters only for them (import them again to enable the option-text rules)")
+        notes.append(
+            "paper logs imported by biasmed 0.1.0 carry no option texts: the robust rule read "
+            "letters only for them (import them again to enable the option-text rules)"
+        )
     n_unmatched = int(scored["question_id"].isna().sum())
     if n_unmatched:
-        notes.append(f"{n_unmatched} samples have no question id (unmatched log records): "
-                     "counted in accuracies, left out of paired statistics")
+        notes.append(
+            f"{n_unmatched} samples have no question id (unmatched log records): "
+            "counted in accuracies, left out of paired statistics"
+        )
     if bool(scored["is_demo"].any()):
-        notes.insert(0, "DEMO SET: runs on biasmed's illustrative demo questions, not MedQA; "
-                        "these figures are not BiasMedQA results")
+        notes.insert(
+            0,
+            "DEMO SET: runs on biasmed's illustrative demo questions, not MedQA; "
+            "these figures are not BiasMedQA results",
+        )
     return Scored(scored, convention, notes, runs)
 
 
 # --------------------------------------------------------------------------- summary
 
-def summarize(runs_or_frames: RunLike | Sequence[RunLike] | Scored, convention: str = DEFAULT_CONVENTION,
-              n_boot: int = 10_000, seed: int = 0,
-              allow_mixed: bool = False, controls_boot: int | None = None) -> Summary:
+
+def summarize(
+    runs_or_frames: RunLike | Sequence[RunLike] | Scored,
+    convention: str = DEFAULT_CONVENTION,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    allow_mixed: bool = False,
+    controls_boot: int | None = None,
+) -> Summary:
     """Statistics per (model, bias, mitigation[, draw][, target mode]) as a `Summary`.
 
     Accepts run folders, frames from `load_run`, or a `Scored` from `prepare`. `table` has
@@ -428,14 +521,23 @@ def summarize(runs_or_frames: RunLike | Sequence[RunLike] | Scored, convention: 
     out = _holm_by_family(out)
     out = out.sort_values(["model", "mitigation", "draw", "bias", "target_mode"], key=_order_key).reset_index(drop=True)
     main = main_rows(out)
-    return Summary(table=out, main=main, model_controls=model_controls, samples=sc.frame,
-                   convention=sc.convention, notes=list(sc.notes), runs=list(sc.runs),
-                   is_demo=bool(sc.frame["is_demo"].any()) if len(sc.frame) else False,
-                   n_boot=n_boot, seed=seed, controls_boot=cboot,
-                   controls=controls_frame(model_controls),
-                   leaderboard=leaderboard_frame(out, main, model_controls, sc.convention),
-                   has_controls={str(m): controls_present(out, str(m)) for m in dict.fromkeys(out["model"])},
-                   legacy=bool(sc.runs) and all(_written_by_010(r) for r in sc.runs))
+    return Summary(
+        table=out,
+        main=main,
+        model_controls=model_controls,
+        samples=sc.frame,
+        convention=sc.convention,
+        notes=list(sc.notes),
+        runs=list(sc.runs),
+        is_demo=bool(sc.frame["is_demo"].any()) if len(sc.frame) else False,
+        n_boot=n_boot,
+        seed=seed,
+        controls_boot=cboot,
+        controls=controls_frame(model_controls),
+        leaderboard=leaderboard_frame(out, main, model_controls, sc.convention),
+        has_controls={str(m): controls_present(out, str(m)) for m in dict.fromkeys(out["model"])},
+        legacy=bool(sc.runs) and all(_written_by_010(r) for r in sc.runs),
+    )
 
 
 def _written_by_010(run: Mapping[str, Any]) -> bool:
@@ -473,18 +575,18 @@ def _order_key(col: pd.Series) -> pd.Series:
 def _letter_codes(values: Iterable[Any]) -> np.ndarray:
     import numpy as np
 
-    return np.array([_LETTERS.find(v) if isinstance(v, str) and len(v) == 1 else -1 for v in values],
-                    dtype=np.int64)
+    return np.array([_LETTERS.find(v) if isinstance(v, str) and len(v) == 1 else -1 for v in values], dtype=np.int64)
 
 
-def _model_rows(model: str, mdf: pd.DataFrame, convention: str, n_boot: int,
-                seed: int) -> tuple[dict[CondKey, Cond], list[dict[str, Any]]]:
+def _model_rows(
+    model: str, mdf: pd.DataFrame, convention: str, n_boot: int, seed: int
+) -> tuple[dict[CondKey, Cond], list[dict[str, Any]]]:
     import numpy as np
 
     from biasmed.analysis import stats  # numpy
 
     live = mdf[~mdf["failed"]]
-    qcodes, quniq = (live["question_id"].factorize() if len(live) else (np.array([], dtype=int), []))
+    qcodes, quniq = live["question_id"].factorize() if len(live) else (np.array([], dtype=int), [])
     q_n = len(quniq)
     live = live.assign(_q=qcodes)
     group = ["bias", "mitigation", "draw", "tmode"]
@@ -511,12 +613,26 @@ def _model_rows(model: str, mdf: pd.DataFrame, convention: str, n_boot: int,
         versions = ",".join(sorted({str(v) for v in ok["template_version"].dropna().unique()}))
         shas = sorted({str(v) for v in ok["dataset_sha256"].dropna().unique()})
         row: dict[str, Any] = dict(
-            convention=convention, model=model, bias=bias, mitigation=mit, draw=int(draw),
-            template_version=versions, n=len(ok), correct=k, n_nr=nr, n_errors=int(g["failed"].sum()),
-            acc_den=den, accuracy=k / den if den else np.nan, acc_lo=float(lo), acc_hi=float(hi),
-            nr_rate=nr / t if t else np.nan, acc_excl_nr=k / (t - nr) if t - nr > 0 else np.nan,
-            is_demo=bool(ok["is_demo"].any()), dataset_sha256=",".join(shas),
-            target_mode=tmode, control_of=control_of(bias),
+            convention=convention,
+            model=model,
+            bias=bias,
+            mitigation=mit,
+            draw=int(draw),
+            template_version=versions,
+            n=len(ok),
+            correct=k,
+            n_nr=nr,
+            n_errors=int(g["failed"].sum()),
+            acc_den=den,
+            accuracy=k / den if den else np.nan,
+            acc_lo=float(lo),
+            acc_hi=float(hi),
+            nr_rate=nr / t if t else np.nan,
+            acc_excl_nr=k / (t - nr) if t - nr > 0 else np.nan,
+            is_demo=bool(ok["is_demo"].any()),
+            dataset_sha256=",".join(shas),
+            target_mode=tmode,
+            control_of=control_of(bias),
         )
         row.update(_cost_columns(ok))
         row.update(_chain_columns(ok, biased=bias != NONE))
@@ -551,9 +667,11 @@ def _cost_columns(ok: pd.DataFrame) -> dict[str, float]:
     pout = ok["price_out_1m"].to_numpy(dtype=float) if "price_out_1m" in ok else np.full(len(ok), np.nan)
     cost = (a_in * pin + a_out * pout) / 1e6
     priced = has & ~np.isnan(cost)
-    return {"tokens_per_answer": float((a_in + a_out)[has].mean()),
-            "output_tokens_per_answer": float(a_out[has].mean()),
-            "cost_per_answer": float(cost[priced].mean()) if priced.any() else nan}
+    return {
+        "tokens_per_answer": float((a_in + a_out)[has].mean()),
+        "output_tokens_per_answer": float(a_out[has].mean()),
+        "cost_per_answer": float(cost[priced].mean()) if priced.any() else nan,
+    }
 
 
 def _chain_columns(ok: pd.DataFrame, biased: bool) -> dict[str, float]:
@@ -567,11 +685,15 @@ def _chain_columns(ok: pd.DataFrame, biased: bool) -> dict[str, float]:
     moved = c["s_change"]
     toward = int((moved == "toward").sum()) if biased else nan
     away = int((moved == "away").sum()) if biased else nan
-    return {"n_chain": n,
-            "acc_first": float((c["s_first_letter"] == c["answer_idx"]).mean()),
-            "changed_rate": float((moved.notna() & (moved != "kept")).sum() / n),
-            "toward": toward, "away": away,
-            "toward_rate": toward / n if biased else nan, "away_rate": away / n if biased else nan}
+    return {
+        "n_chain": n,
+        "acc_first": float((c["s_first_letter"] == c["answer_idx"]).mean()),
+        "changed_rate": float((moved.notna() & (moved != "kept")).sum() / n),
+        "toward": toward,
+        "away": away,
+        "toward_rate": toward / n if biased else nan,
+        "away_rate": away / n if biased else nan,
+    }
 
 
 def _gain_columns(row: dict[str, Any], base_rows: Mapping[CondKey, dict[str, Any]]) -> None:
@@ -595,9 +717,14 @@ def _rng_keys(row: dict[str, Any]) -> tuple[Any, ...]:
     return keys if row["target_mode"] in ("", "incorrect") else (*keys, row["target_mode"])
 
 
-def _paired_columns(row: dict[str, Any], conds: Mapping[CondKey, Cond],
-                    base_rows: Mapping[CondKey, dict[str, Any]], model: str,
-                    n_boot: int, seed: int) -> None:
+def _paired_columns(
+    row: dict[str, Any],
+    conds: Mapping[CondKey, Cond],
+    base_rows: Mapping[CondKey, dict[str, Any]],
+    model: str,
+    n_boot: int,
+    seed: int,
+) -> None:
     import numpy as np
 
     from biasmed.analysis import stats  # numpy
@@ -614,8 +741,9 @@ def _paired_columns(row: dict[str, Any], conds: Mapping[CondKey, Cond],
     is_base = (bias, mit, draw, tm) == BASE
     if not is_base:
         both = ~np.isnan(me.correct) & ~np.isnan(base.correct)
-        d = stats.paired_diff(base.correct[both] > 0, me.correct[both] > 0, n_boot,
-                              stats.rng_for(seed, model, *rk, "drop"))
+        d = stats.paired_diff(
+            base.correct[both] > 0, me.correct[both] > 0, n_boot, stats.rng_for(seed, model, *rk, "drop")
+        )
         row.update(n_paired=d.n, drop=d.diff, drop_lo=d.lo, drop_hi=d.hi, p_mcnemar=d.p)
         b = base_rows[BASE]
         z, p = stats.two_proportion_z(b["correct"], b["acc_den"], row["correct"], row["acc_den"])
@@ -623,10 +751,12 @@ def _paired_columns(row: dict[str, Any], conds: Mapping[CondKey, Cond],
     same = conds.get((NONE, mit, 0, ""))
     if bias != NONE and mit != "none" and same is not None:
         both = ~np.isnan(me.correct) & ~np.isnan(same.correct)
-        d = stats.paired_diff(same.correct[both] > 0, me.correct[both] > 0, n_boot,
-                              stats.rng_for(seed, model, *rk, "drop-same"))
-        row.update(n_paired_same_mit=d.n, drop_same_mit=d.diff, drop_same_mit_lo=d.lo,
-                   drop_same_mit_hi=d.hi, p_same_mit=d.p)
+        d = stats.paired_diff(
+            same.correct[both] > 0, me.correct[both] > 0, n_boot, stats.rng_for(seed, model, *rk, "drop-same")
+        )
+        row.update(
+            n_paired_same_mit=d.n, drop_same_mit=d.diff, drop_same_mit_lo=d.lo, drop_same_mit_hi=d.hi, p_same_mit=d.p
+        )
     if bias != NONE:
         has = (me.target >= 0) & (base.letter > -2) & (me.letter > -2)
         if has.any():
@@ -634,21 +764,39 @@ def _paired_columns(row: dict[str, Any], conds: Mapping[CondKey, Cond],
             before = base.letter[has] == me.target[has]
             d = stats.paired_diff(adopted, before, n_boot, stats.rng_for(seed, model, *rk, "adopt"))
             flips = int(((base.correct[has] > 0) & adopted).sum())
-            row.update(n_target=d.n, adoption=d.mean_x, adoption_base=d.mean_y, adoption_diff=d.diff,
-                       adoption_lo=d.lo, adoption_hi=d.hi, p_adoption=d.p, flips=flips,
-                       flip_rate=flips / d.n)
+            row.update(
+                n_target=d.n,
+                adoption=d.mean_x,
+                adoption_base=d.mean_y,
+                adoption_diff=d.diff,
+                adoption_lo=d.lo,
+                adoption_hi=d.hi,
+                p_adoption=d.p,
+                flips=flips,
+                flip_rate=flips / d.n,
+            )
         unmit = conds.get((bias, "none", draw, tm))
         if mit != "none" and unmit is not None:
             all3 = ~np.isnan(me.correct) & ~np.isnan(base.correct) & ~np.isnan(unmit.correct)
-            r = stats.recovery(base.correct[all3] > 0, unmit.correct[all3] > 0, me.correct[all3] > 0,
-                               n_boot, stats.rng_for(seed, model, *rk, "recovery"))
+            r = stats.recovery(
+                base.correct[all3] > 0,
+                unmit.correct[all3] > 0,
+                me.correct[all3] > 0,
+                n_boot,
+                stats.rng_for(seed, model, *rk, "recovery"),
+            )
             row.update(recovery=r.value, recovery_lo=r.lo, recovery_hi=r.hi)
             if same is not None:
                 # against the unbiased accuracy under the SAME mitigation (a mitigation that also
                 # changes the unbiased answers, like reasoning, is measured against its own ceiling)
                 all3 = ~np.isnan(me.correct) & ~np.isnan(same.correct) & ~np.isnan(unmit.correct)
-                r = stats.recovery(same.correct[all3] > 0, unmit.correct[all3] > 0, me.correct[all3] > 0,
-                                   n_boot, stats.rng_for(seed, model, *rk, "recovery-same"))
+                r = stats.recovery(
+                    same.correct[all3] > 0,
+                    unmit.correct[all3] > 0,
+                    me.correct[all3] > 0,
+                    n_boot,
+                    stats.rng_for(seed, model, *rk, "recovery-same"),
+                )
                 row.update(recovery_same_mit=r.value, recovery_same_mit_lo=r.lo, recovery_same_mit_hi=r.hi)
 
 

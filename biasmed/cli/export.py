@@ -29,20 +29,56 @@ DEFAULT_ROLE = {"lm-eval": "user", "inspect": "system"}
 def export_cmd(
     dest: Annotated[Path, typer.Argument(help="output folder (created; files of an earlier export are replaced)")],
     to: Annotated[str, typer.Option("--to", help="lm-eval | inspect | hf")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="a file written by `biasmed build` (else the benchmark is built from the options below)")] = None,
-    medqa: Annotated[Optional[str], typer.Option("--medqa", help="MedQA JSONL file or folder, 'hub:<id>[:config]', or 'demo'. Default: $BIASMED_MEDQA_DIR, else the embedded demo set.")] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data", help="a file written by `biasmed build` (else the benchmark is built from the options below)"
+        ),
+    ] = None,
+    medqa: Annotated[
+        Optional[str],
+        typer.Option(
+            "--medqa",
+            help="MedQA JSONL file or folder, 'hub:<id>[:config]', or 'demo'. Default: $BIASMED_MEDQA_DIR, else the embedded demo set.",
+        ),
+    ] = None,
     split: Annotated[Optional[str], typer.Option(help="test or dev (default: test)")] = None,
     options: Annotated[Optional[int], typer.Option("--options", help="5 or 4 answer options (default: 5)")] = None,
-    biases: Annotated[Optional[str], typer.Option(help="comma list, 'all', or default (the version's 7 biases); 'none' is always included")] = None,
-    template_version: Annotated[Optional[str], typer.Option("--template-version", help="paper-2024 or paper-2023 (default: paper-2024)")] = None,
+    biases: Annotated[
+        Optional[str],
+        typer.Option(help="comma list, 'all', or default (the version's 7 biases); 'none' is always included"),
+    ] = None,
+    template_version: Annotated[
+        Optional[str], typer.Option("--template-version", help="paper-2024 or paper-2023 (default: paper-2024)")
+    ] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed of the target and demo draws (default: 0)")] = None,
-    mitigations: Annotated[Optional[str], typer.Option(help="comma list of none,education,one-shot,few-shot (the paper's), reasoning,debias,reflect, or a --mitigation-file's (default: none); reflect and other chains: --to inspect only")] = None,
-    mitigation_file: Annotated[Optional[list[Path]], typer.Option("--mitigation-file", help="user-authored mitigation YAML (repeatable; see docs/mitigations.md)")] = None,
-    target_mode: Annotated[Optional[str], typer.Option("--target-mode", help="incorrect | correct | random (default: incorrect)")] = None,
+    mitigations: Annotated[
+        Optional[str],
+        typer.Option(
+            help="comma list of none,education,one-shot,few-shot (the paper's), reasoning,debias,reflect, or a --mitigation-file's (default: none); reflect and other chains: --to inspect only"
+        ),
+    ] = None,
+    mitigation_file: Annotated[
+        Optional[list[Path]],
+        typer.Option("--mitigation-file", help="user-authored mitigation YAML (repeatable; see docs/mitigations.md)"),
+    ] = None,
+    target_mode: Annotated[
+        Optional[str], typer.Option("--target-mode", help="incorrect | correct | random (default: incorrect)")
+    ] = None,
     limit: Annotated[Optional[int], typer.Option(help="first N questions only")] = None,
-    bias_file: Annotated[Optional[list[Path]], typer.Option("--bias-file", help="user-authored bias YAML (repeatable)")] = None,
-    role: Annotated[Optional[str], typer.Option(help="system or user message (default: user for lm-eval, system for inspect)")] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="reply length limit per turn (as `biasmed run`): default 16, and 512 for turns read as `Answer: X`")] = None,
+    bias_file: Annotated[
+        Optional[list[Path]], typer.Option("--bias-file", help="user-authored bias YAML (repeatable)")
+    ] = None,
+    role: Annotated[
+        Optional[str], typer.Option(help="system or user message (default: user for lm-eval, system for inspect)")
+    ] = None,
+    max_tokens: Annotated[
+        Optional[int],
+        typer.Option(
+            "--max-tokens",
+            help="reply length limit per turn (as `biasmed run`): default 16, and 512 for turns read as `Answer: X`",
+        ),
+    ] = None,
     temperature: Annotated[float, typer.Option(help="sampling temperature (as `biasmed run`)")] = 0.0,
     name: Annotated[str, typer.Option(help="task name (lm-eval group / inspect task)")] = "biasmedqa",
 ) -> None:
@@ -59,8 +95,15 @@ def export_cmd(
         fail("--options must be 4 or 5")
     if limit is not None and limit < 1:
         fail("--limit must be at least 1")
-    build_opts = {"--medqa": medqa, "--split": split, "--options": options, "--template-version": template_version,
-                  "--seed": seed, "--target-mode": target_mode, "--bias-file": bias_file}
+    build_opts = {
+        "--medqa": medqa,
+        "--split": split,
+        "--options": options,
+        "--template-version": template_version,
+        "--seed": seed,
+        "--target-mode": target_mode,
+        "--bias-file": bias_file,
+    }
     if data is not None:
         given = [k for k, v in build_opts.items() if v is not None and v != []]
         if given:
@@ -71,14 +114,41 @@ def export_cmd(
     with user_errors():
         ms = load_mitigation_set(mitigation_file or ())
         # per turn, as `biasmed run`: a given --max-tokens applies to every turn
-        tokens = {"max_tokens": max_tokens or DEFAULT_MAX_TOKENS,
-                  "answer_line_max_tokens": max_tokens or ms.answer_line_max_tokens}
+        tokens = {
+            "max_tokens": max_tokens or DEFAULT_MAX_TOKENS,
+            "answer_line_max_tokens": max_tokens or ms.answer_line_max_tokens,
+        }
         if to == "hf":
-            out, note = _export_hf(dest, data, medqa, split, options, biases, template_version, seed,
-                                   mitigations, target_mode, limit, bias_file, ms)
+            out, note = _export_hf(
+                dest,
+                data,
+                medqa,
+                split,
+                options,
+                biases,
+                template_version,
+                seed,
+                mitigations,
+                target_mode,
+                limit,
+                bias_file,
+                ms,
+            )
         else:
-            source, is_demo = _source(data, medqa, split, options, biases, template_version, seed,
-                                      mitigations, target_mode, limit, bias_file, ms)
+            source, is_demo = _source(
+                data,
+                medqa,
+                split,
+                options,
+                biases,
+                template_version,
+                seed,
+                mitigations,
+                target_mode,
+                limit,
+                bias_file,
+                ms,
+            )
             r = role or DEFAULT_ROLE[to]
             if to == "lm-eval":
                 out = export_lmeval(source, dest, group=name, role=r, temperature=temperature, **tokens)
@@ -91,15 +161,24 @@ def export_cmd(
     typer.echo(f"wrote {to} export to {out}; {note}", err=True)
 
 
-def _source(data: Path | None, medqa: str | None, split: str | None, options: int | None,
-            biases: str | None, template_version: str | None, seed: int | None,
-            mitigations: str | None, target_mode: str | None, limit: int | None,
-            bias_file: list[Path] | None, ms: MitigationSet) -> tuple[Any, bool]:
+def _source(
+    data: Path | None,
+    medqa: str | None,
+    split: str | None,
+    options: int | None,
+    biases: str | None,
+    template_version: str | None,
+    seed: int | None,
+    mitigations: str | None,
+    target_mode: str | None,
+    limit: int | None,
+    bias_file: list[Path] | None,
+    ms: MitigationSet,
+) -> tuple[Any, bool]:
     """The prompts to export (a Benchmark, or a filtered list from --data) and whether demo."""
 
     mits = parse_mitigations(mitigations, ms)
     if data is not None:
-
         prompts = read_benchmark_file(data, mits if mitigations else None)
         wanted = split_list(biases)
         if wanted and wanted != ["all"]:
@@ -115,14 +194,26 @@ def _source(data: Path | None, medqa: str | None, split: str | None, options: in
     return bench, bench.questions.is_demo
 
 
-def _build(medqa: str | None, split: str | None, options: int | None, biases: str | None,
-           template_version: str | None, seed: int | None, mits: list[str], target_mode: str | None,
-           limit: int | None, bias_file: list[Path] | None, ms: MitigationSet) -> Any:
+def _build(
+    medqa: str | None,
+    split: str | None,
+    options: int | None,
+    biases: str | None,
+    template_version: str | None,
+    seed: int | None,
+    mits: list[str],
+    target_mode: str | None,
+    limit: int | None,
+    bias_file: list[Path] | None,
+    ms: MitigationSet,
+) -> Any:
 
-    questions, pool, templates = load_sources(medqa, split or "test", options or 5, mits,
-                                              template_version or "paper-2024", bias_file)
-    return build_benchmark(questions, biases, templates, seed or 0, mits, pool, target_mode or "incorrect",
-                           limit=limit, mitigation_set=ms)
+    questions, pool, templates = load_sources(
+        medqa, split or "test", options or 5, mits, template_version or "paper-2024", bias_file
+    )
+    return build_benchmark(
+        questions, biases, templates, seed or 0, mits, pool, target_mode or "incorrect", limit=limit, mitigation_set=ms
+    )
 
 
 def _demo_file(data: Path) -> bool:
@@ -134,22 +225,44 @@ def _demo_file(data: Path) -> bool:
     return bool((json.loads(man.read_text("utf-8")).get("dataset") or {}).get("is_demo"))
 
 
-def _export_hf(dest: Path, data: Path | None, medqa: str | None, split: str | None, options: int | None,
-               biases: str | None, template_version: str | None, seed: int | None,
-               mitigations: str | None, target_mode: str | None, limit: int | None,
-               bias_file: list[Path] | None, ms: MitigationSet) -> tuple[Path, str]:
+def _export_hf(
+    dest: Path,
+    data: Path | None,
+    medqa: str | None,
+    split: str | None,
+    options: int | None,
+    biases: str | None,
+    template_version: str | None,
+    seed: int | None,
+    mitigations: str | None,
+    target_mode: str | None,
+    limit: int | None,
+    bias_file: list[Path] | None,
+    ms: MitigationSet,
+) -> tuple[Path, str]:
     import tempfile
-
 
     if data is not None:
         if biases or mitigations or limit:
-            raise ValueError("--to hf --data exports the file as it is; select biases, mitigations and "
-                             "questions with `biasmed build` instead")
+            raise ValueError(
+                "--to hf --data exports the file as it is; select biases, mitigations and "
+                "questions with `biasmed build` instead"
+            )
         save_hf_dataset(data, dest)
     else:
-
-        bench = _build(medqa, split, options, biases, template_version, seed, parse_mitigations(mitigations, ms),
-                       target_mode, limit, bias_file, ms)
+        bench = _build(
+            medqa,
+            split,
+            options,
+            biases,
+            template_version,
+            seed,
+            parse_mitigations(mitigations, ms),
+            target_mode,
+            limit,
+            bias_file,
+            ms,
+        )
         with tempfile.TemporaryDirectory(prefix="biasmed-export-") as tmp:
             jsonl = Path(tmp) / "biasmedqa.jsonl"
             write_benchmark(bench, jsonl)

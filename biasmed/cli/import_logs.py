@@ -17,9 +17,22 @@ _MAX_LISTED = 20
 
 
 def import_logs_cmd(
-    paths: Annotated[list[Path], typer.Argument(help="log files, folders of them, or .tar.xz archives (read in place)")],
-    medqa: Annotated[Optional[str], typer.Option("--medqa", help="MedQA US folder or test.jsonl to match questions against. Default: $BIASMED_MEDQA_DIR.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="one model: its run folder (default results/paper-<model>); several models: a parent folder (default results) with one paper-<model> folder each")] = None,
+    paths: Annotated[
+        list[Path], typer.Argument(help="log files, folders of them, or .tar.xz archives (read in place)")
+    ],
+    medqa: Annotated[
+        Optional[str],
+        typer.Option(
+            "--medqa", help="MedQA US folder or test.jsonl to match questions against. Default: $BIASMED_MEDQA_DIR."
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            help="one model: its run folder (default results/paper-<model>); several models: a parent folder (default results) with one paper-<model> folder each",
+        ),
+    ] = None,
 ) -> None:
     """Import the paper's raw logs as biasmed runs (kind "paper-logs"), one run per model.
 
@@ -35,9 +48,11 @@ def import_logs_cmd(
         summaries = import_paper_logs(paths, questions.questions, out, questions.manifest())
     elapsed = time.perf_counter() - t0
     for s in summaries:
-        echo_err(f"{s.model}: {s.samples} samples from {len(s.files)} files -> {s.out_dir} "
-                 f"(matched {s.matched}, unmatched {len(s.unmatched)}, escaped-text {s.escaped}, "
-                 f"identical duplicates dropped {s.duplicates}, conflicts {len(s.conflicts)})")
+        echo_err(
+            f"{s.model}: {s.samples} samples from {len(s.files)} files -> {s.out_dir} "
+            f"(matched {s.matched}, unmatched {len(s.unmatched)}, escaped-text {s.escaped}, "
+            f"identical duplicates dropped {s.duplicates}, conflicts {len(s.conflicts)})"
+        )
         for u in s.unmatched[:_MAX_LISTED]:
             echo_err(f"  unmatched: {u['log_file']} record {u['index']} -> {u['sample_id']}")
         for c in s.conflicts[:_MAX_LISTED]:

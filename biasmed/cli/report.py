@@ -15,14 +15,15 @@ from biasmed.report.format import DEMO_BANNER, convention_line, plain
 from biasmed.report.tables import rich_tables, write_leaderboard
 from biasmed.report.write import default_out, report
 
-_CONVENTION_HELP = ("robust (default): biasmed's robust answer extraction, NR counted wrong; "
-                    "paper: the paper's own verdicts and denominators (see docs/conventions.md)")
+_CONVENTION_HELP = (
+    "robust (default): biasmed's robust answer extraction, NR counted wrong; "
+    "paper: the paper's own verdicts and denominators (see docs/conventions.md)"
+)
 _RUNS_HELP = "run folders (results/<run>, with samples.jsonl and run.json)"
 _OUT_HELP = "output folder (default: RUN/report for one run, ./report for several)"
 _FORMAT_HELP = "csv or md (default: from --out's suffix, else csv)"
 _MIXED_HELP = "combine runs built from different datasets"
-_LB_BOOT_HELP = ("bootstrap resamples for the CIs of the control columns (placebo, helpful gain, "
-                 "susceptibility, draws)")
+_LB_BOOT_HELP = "bootstrap resamples for the CIs of the control columns (placebo, helpful gain, susceptibility, draws)"
 
 
 def _check(convention: str, n_boot: int) -> None:
@@ -51,8 +52,16 @@ def report_cmd(
     t0 = time.perf_counter()
     target = out or default_out(runs)
     with user_errors():
-        summary = report(runs, target, convention=convention, n_boot=n_boot, seed=seed, plots=plots, html=html,
-                         allow_mixed=allow_mixed)
+        summary = report(
+            runs,
+            target,
+            convention=convention,
+            n_boot=n_boot,
+            seed=seed,
+            plots=plots,
+            html=html,
+            allow_mixed=allow_mixed,
+        )
     # piped output is not wrapped at 80 columns: four mitigations need about 100
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 132)
     if summary.is_demo:
@@ -62,8 +71,10 @@ def report_cmd(
         console.print(escape(plain(f"note: {note}")))
     for t in rich_tables(summary):
         console.print(t)
-    echo_err(f"wrote {len(summary.written)} files to {target} in {time.perf_counter() - t0:.1f} s "
-             f"(convention {convention}, {n_boot} bootstrap resamples per comparison)")
+    echo_err(
+        f"wrote {len(summary.written)} files to {target} in {time.perf_counter() - t0:.1f} s "
+        f"(convention {convention}, {n_boot} bootstrap resamples per comparison)"
+    )
 
 
 def leaderboard_cmd(
@@ -82,8 +93,9 @@ def leaderboard_cmd(
         fail(f"--format must be csv or md, not {fmt!r}")
     with user_errors():
         # per-condition CIs are not shown here: only the model-level control figures are resampled
-        summary = summarize(runs, convention=convention, n_boot=0, seed=seed, allow_mixed=allow_mixed,
-                            controls_boot=n_boot)
+        summary = summarize(
+            runs, convention=convention, n_boot=0, seed=seed, allow_mixed=allow_mixed, controls_boot=n_boot
+        )
         text = write_leaderboard(summary, out, fmt)
     if out is None:
         typer.echo(text, nl=False)

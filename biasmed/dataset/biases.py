@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
+
+import tomllib
 
 from biasmed._paths import prompts_dir
 from biasmed.records import DEFAULT_TEMPLATE_VERSION, NONE, TARGET_MODES, Item, Question
@@ -59,22 +60,30 @@ class TemplateSet:
             known = ", ".join(self.biases)
             raise KeyError(f"unknown bias {name!r} for template version {self.version} (known: {known})") from None
 
-    def with_biases(self, extra: Mapping[str, BiasTemplate]) -> "TemplateSet":
+    def with_biases(self, extra: Mapping[str, BiasTemplate]) -> TemplateSet:
         merged = {**self.biases, **extra}
-        return TemplateSet(self.version, self.instruction, merged, self.default_biases,
-                           self.description, self.sha256, self.frame, self.strip_first_sentence)
+        return TemplateSet(
+            self.version,
+            self.instruction,
+            merged,
+            self.default_biases,
+            self.description,
+            self.sha256,
+            self.frame,
+            self.strip_first_sentence,
+        )
 
 
 def available_versions() -> list[str]:
     return sorted(p.stem for p in prompts_dir().glob("paper-*.toml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_frame() -> dict[str, object]:
     return tomllib.loads((prompts_dir() / "frame.toml").read_text("utf-8"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_templates(version: str = DEFAULT_TEMPLATE_VERSION) -> TemplateSet:
     path = prompts_dir() / f"{version}.toml"
     if not path.is_file():
@@ -82,8 +91,9 @@ def load_templates(version: str = DEFAULT_TEMPLATE_VERSION) -> TemplateSet:
     raw = path.read_bytes()
     data = tomllib.loads(raw.decode("utf-8"))
     biases = {
-        name: BiasTemplate(name, spec["placement"], spec["text"], spec.get("education", ""),
-                           spec.get("description", ""))
+        name: BiasTemplate(
+            name, spec["placement"], spec["text"], spec.get("education", ""), spec.get("description", "")
+        )
         for name, spec in data["biases"].items()
     }
     for b in biases.values():
@@ -95,13 +105,27 @@ def load_templates(version: str = DEFAULT_TEMPLATE_VERSION) -> TemplateSet:
         if name in biases:  # a placebo exists only beside the bias it controls for
             pname = f"placebo_{name}"
             # same education sentence as its bias, so "education" stays a paired comparison
-            biases[pname] = BiasTemplate(pname, spec["placement"], spec["text"], biases[name].education,
-                                         f"placebo control for {name}", "", name, biases[name].key)
-    h = hashlib.sha256(raw + b"\0" + (prompts_dir() / "frame.toml").read_bytes()
-                       + b"\0" + controls_raw).hexdigest()
-    return TemplateSet(data["version"], data["instruction"], biases,
-                       tuple(data["default_biases"]), data.get("description", ""), h, frame,
-                       bool(data.get("strip_first_sentence", True)))
+            biases[pname] = BiasTemplate(
+                pname,
+                spec["placement"],
+                spec["text"],
+                biases[name].education,
+                f"placebo control for {name}",
+                "",
+                name,
+                biases[name].key,
+            )
+    h = hashlib.sha256(raw + b"\0" + (prompts_dir() / "frame.toml").read_bytes() + b"\0" + controls_raw).hexdigest()
+    return TemplateSet(
+        data["version"],
+        data["instruction"],
+        biases,
+        tuple(data["default_biases"]),
+        data.get("description", ""),
+        h,
+        frame,
+        bool(data.get("strip_first_sentence", True)),
+    )
 
 
 def split_sentences(text: str) -> list[str]:
@@ -109,8 +133,7 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_SPLIT.split(text) if s.strip()]
 
 
-def insert(question_text: str, template: BiasTemplate, target_display: str,
-           strip_first_sentence: bool = True) -> str:
+def insert(question_text: str, template: BiasTemplate, target_display: str, strip_first_sentence: bool = True) -> str:
     """Plant one bias sentence into a question text.
 
     The 2023 code left the first sentence unstripped (visible on a question with a leading
@@ -131,8 +154,7 @@ def _rng(seed: int, question_id: str, bias: str, draw: int = 0) -> random.Random
     return random.Random(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big"))
 
 
-def choose_target(question: Question, bias: str, seed: int = 0,
-                  mode: str = "incorrect", draw: int = 0) -> str:
+def choose_target(question: Question, bias: str, seed: int = 0, mode: str = "incorrect", draw: int = 0) -> str:
     """The planted letter: uniform among the wrong letters (or as `mode` says)."""
     rng = _rng(seed, question.id, bias, draw)
     if mode == "incorrect":
@@ -144,8 +166,15 @@ def choose_target(question: Question, bias: str, seed: int = 0,
     raise ValueError(f"target mode must be one of {', '.join(TARGET_MODES)}, not {mode!r}")
 
 
-def make_item(question: Question, bias: str, templates: TemplateSet, seed: int = 0,
-              target_mode: str = "incorrect", draw: int = 0, target: str | None = None) -> Item:
+def make_item(
+    question: Question,
+    bias: str,
+    templates: TemplateSet,
+    seed: int = 0,
+    target_mode: str = "incorrect",
+    draw: int = 0,
+    target: str | None = None,
+) -> Item:
     """The question under `bias` ("none" gives the unbiased twin). `target` overrides the draw."""
     if bias == NONE:
         return Item(question, NONE, question.question, None, target_mode, templates.version, draw)
@@ -153,8 +182,7 @@ def make_item(question: Question, bias: str, templates: TemplateSet, seed: int =
     letter = target or choose_target(question, tpl.key, seed, target_mode, draw)
     if letter not in question.options:
         raise ValueError(f"{question.id}: target {letter!r} is not an option")
-    text = insert(question.question, tpl, f"{letter}: {question.options[letter]}",
-                  templates.strip_first_sentence)
+    text = insert(question.question, tpl, f"{letter}: {question.options[letter]}", templates.strip_first_sentence)
     return Item(question, bias, text, letter, target_mode, templates.version, draw)
 
 
@@ -194,7 +222,9 @@ def parse_bias_list(spec: str | None, templates: TemplateSet, include_none: bool
         if t == "default":
             names += templates.default_biases
         elif t == "all":
-            names += [n for n, b in templates.biases.items() if not b.control_of and not b.description.startswith("user:")]
+            names += [
+                n for n, b in templates.biases.items() if not b.control_of and not b.description.startswith("user:")
+            ]
         elif t == "custom":
             names += [n for n, b in templates.biases.items() if b.description.startswith("user:")]
         elif t == "placebo":

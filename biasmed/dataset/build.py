@@ -81,9 +81,17 @@ class Benchmark:
                 "demo_ids": {p.mitigation: list(p.demo_ids) for p in ps if p.demo_ids},
                 # mitigations beyond the paper: how to read and continue them (absent for the paper's,
                 # whose build files stay as they were)
-                **({"turns": turns} if (turns := {
-                    p.mitigation: {"kind": p.kind, "formats": list(p.formats), "follow_ups": list(p.follow_ups)}
-                    for p in ps if p.mitigation not in PAPER_MITIGATIONS}) else {}),
+                **(
+                    {"turns": turns}
+                    if (
+                        turns := {
+                            p.mitigation: {"kind": p.kind, "formats": list(p.formats), "follow_ups": list(p.follow_ups)}
+                            for p in ps
+                            if p.mitigation not in PAPER_MITIGATIONS
+                        }
+                    )
+                    else {}
+                ),
             }
 
     def manifest(self) -> dict[str, Any]:
@@ -129,18 +137,23 @@ def build_benchmark(
 ) -> Benchmark:
     """Build the benchmark. `biases` is a list, a comma string, "all" or None (the version's default)."""
     templates = template_version if isinstance(template_version, TemplateSet) else load_templates(template_version)
-    bias_list = biases if isinstance(biases, list) else parse_bias_list(
-        biases if isinstance(biases, str) or biases is None else ",".join(biases), templates)
+    bias_list = (
+        biases
+        if isinstance(biases, list)
+        else parse_bias_list(biases if isinstance(biases, str) or biases is None else ",".join(biases), templates)
+    )
     mits = list(mitigations)
     if any(N_DEMOS.get(m, 0) for m in mits) and demo_pool is None:
         raise ValueError("one-shot/few-shot need a demo pool (the dev split): none was found")
     qs = questions.questions[:limit] if limit else questions.questions
     items = make_items(qs, bias_list, templates, seed, target_mode, draws, targets)
     renderer = Renderer(templates, demo_pool.questions if demo_pool else (), seed, role, mitigation_set)
-    sub = QuestionSet(tuple(qs), questions.source, questions.sha256, questions.split,
-                      questions.n_options, questions.is_demo)
-    return Benchmark(sub, templates, items, renderer, mits, bias_list, seed, target_mode, draws,
-                     demo_pool, targets_from)
+    sub = QuestionSet(
+        tuple(qs), questions.source, questions.sha256, questions.split, questions.n_options, questions.is_demo
+    )
+    return Benchmark(
+        sub, templates, items, renderer, mits, bias_list, seed, target_mode, draws, demo_pool, targets_from
+    )
 
 
 def write_benchmark(bench: Benchmark, out: str | os.PathLike[str]) -> Path:
@@ -178,23 +191,48 @@ def read_benchmark_file(path: str | os.PathLike[str], mitigations: Sequence[str]
     out: list[Prompt] = []
     for n, rec in enumerate(iter_jsonl(path), start=1):
         try:
-            q = Question(rec["question_id"], rec["question"], rec["options"], rec["answer_idx"],
-                         rec["answer"], rec.get("meta_info", ""), rec.get("split", "test"))
-            it = Item(q, rec["bias"], rec["text"], rec.get("bias_target"),
-                      rec.get("target_mode") or "incorrect", rec["template_version"], rec.get("draw", 0))
+            q = Question(
+                rec["question_id"],
+                rec["question"],
+                rec["options"],
+                rec["answer_idx"],
+                rec["answer"],
+                rec.get("meta_info", ""),
+                rec.get("split", "test"),
+            )
+            it = Item(
+                q,
+                rec["bias"],
+                rec["text"],
+                rec.get("bias_target"),
+                rec.get("target_mode") or "incorrect",
+                rec["template_version"],
+                rec.get("draw", 0),
+            )
             for m, text in rec["prompts"].items():
                 if mitigations is None or m in mitigations:
                     t = (rec.get("turns") or {}).get(m) or {}
                     kind = t.get("kind") or ("demos" if m in ("one-shot", "few-shot") else "instruction")
-                    out.append(Prompt(it, m, text, "system", tuple(rec.get("demo_ids", {}).get(m, ())), kind,
-                                      tuple(t.get("formats") or ("letter",)), tuple(t.get("follow_ups") or ())))
+                    out.append(
+                        Prompt(
+                            it,
+                            m,
+                            text,
+                            "system",
+                            tuple(rec.get("demo_ids", {}).get(m, ())),
+                            kind,
+                            tuple(t.get("formats") or ("letter",)),
+                            tuple(t.get("follow_ups") or ()),
+                        )
+                    )
         except KeyError as e:
             raise ValueError(f"{path}:{n}: {e.args[0]}: missing (not a biasmed build file?)") from None
     return out
 
 
-def targets_from_run(run_dir: str | os.PathLike[str], mitigation: str | None = None,
-                     template_version: str | None = None) -> dict[tuple[str, str], str]:
+def targets_from_run(
+    run_dir: str | os.PathLike[str], mitigation: str | None = None, template_version: str | None = None
+) -> dict[tuple[str, str], str]:
     """(question id, bias) -> planted letter, read from a run (e.g. the paper's imported logs).
 
     The paper drew fresh targets for every log file, so one (question, bias) has different letters

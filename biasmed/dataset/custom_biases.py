@@ -47,7 +47,9 @@ def _scalar(path: str, key: yaml.Node, value: yaml.Node, where: str) -> str:
         raise DataError(path, _line(value), where, f"must be a string, not {_kind(value)}")
     text = str(value.value)
     if has_surrogate(text):
-        raise DataError(path, _line(value), where, "a lone surrogate (an unpaired \\ud800-\\udfff escape): not valid text")
+        raise DataError(
+            path, _line(value), where, "a lone surrogate (an unpaired \\ud800-\\udfff escape): not valid text"
+        )
     field = where.rsplit(".", 1)[-1]
     for ph in _PLACEHOLDER.findall(text):
         if ph not in _FILLED.get(field, ph):
@@ -61,8 +63,12 @@ def _kind(node: yaml.Node) -> str:
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
-    return {"tag:yaml.org,2002:null": "null", "tag:yaml.org,2002:bool": "true/false",
-            "tag:yaml.org,2002:int": "a number", "tag:yaml.org,2002:float": "a number"}.get(node.tag, node.tag)
+    return {
+        "tag:yaml.org,2002:null": "null",
+        "tag:yaml.org,2002:bool": "true/false",
+        "tag:yaml.org,2002:int": "a number",
+        "tag:yaml.org,2002:float": "a number",
+    }.get(node.tag, node.tag)
 
 
 def _key(path: str, node: yaml.Node, where: str) -> str:
@@ -78,8 +84,9 @@ def _check_depth(path: str, text: str) -> None:
         if isinstance(ev, yaml.CollectionStartEvent):
             depth += 1
             if depth > MAX_DEPTH:
-                raise DataError(path, ev.start_mark.line + 1, "yaml",
-                                f"nested deeper than {MAX_DEPTH} levels (a bias file needs 3)")
+                raise DataError(
+                    path, ev.start_mark.line + 1, "yaml", f"nested deeper than {MAX_DEPTH} levels (a bias file needs 3)"
+                )
         elif isinstance(ev, yaml.CollectionEndEvent):
             depth -= 1
 
@@ -98,8 +105,7 @@ def _check_duplicate_keys(path: str, root: yaml.Node) -> None:
             for k, v in node.value:
                 if isinstance(k, yaml.ScalarNode):
                     if k.value in first:
-                        raise DataError(path, _line(k), str(k.value),
-                                        f"given twice (first at line {first[k.value]})")
+                        raise DataError(path, _line(k), str(k.value), f"given twice (first at line {first[k.value]})")
                     first[k.value] = _line(k)
                 stack.extend((k, v))
         elif isinstance(node, yaml.SequenceNode):
@@ -136,14 +142,32 @@ def _parse_entry(path: str, node: yaml.Node, index: int, seen: dict[str, int]) -
     if placement not in PLACEMENTS:
         raise DataError(path, pline, f"{where}.placement", f"{placement!r} is not one of {', '.join(PLACEMENTS)}")
     desc = fields.get("description", ("", 0))[0]
-    out = [BiasTemplate(name, placement, text.strip(), fields.get("education", ("", 0))[0].strip(),
-                        f"user: {desc}".rstrip(), fields.get("demo_header", ("", 0))[0])]
+    out = [
+        BiasTemplate(
+            name,
+            placement,
+            text.strip(),
+            fields.get("education", ("", 0))[0].strip(),
+            f"user: {desc}".rstrip(),
+            fields.get("demo_header", ("", 0))[0],
+        )
+    ]
     if "placebo" in fields:
         ptext, pl = fields["placebo"]
         if ptext.count("{X}") != 1:
             raise DataError(path, pl, f"{where}.placebo", "must contain {X} exactly once")
-        out.append(BiasTemplate(f"placebo_{name}", placement, ptext.strip(), out[0].education,
-                                f"placebo control for {name}", "", name, name))
+        out.append(
+            BiasTemplate(
+                f"placebo_{name}",
+                placement,
+                ptext.strip(),
+                out[0].education,
+                f"placebo control for {name}",
+                "",
+                name,
+                name,
+            )
+        )
     return out
 
 
@@ -171,8 +195,14 @@ def read_yaml_list(path: str | Path, list_key: str) -> list[yaml.Node]:
         raise DataError(p, line, "yaml", str(e.problem or e.context or "not valid YAML")) from None
     except yaml.reader.ReaderError as e:  # a character YAML does not allow (NUL, other controls)
         line = text.count("\n", 0, e.position) + 1
-        raise DataError(p, line, "yaml", f"character #x{e.character:04x} is not allowed in YAML"
-                        if isinstance(e.character, int) else "not valid YAML text") from None
+        raise DataError(
+            p,
+            line,
+            "yaml",
+            f"character #x{e.character:04x} is not allowed in YAML"
+            if isinstance(e.character, int)
+            else "not valid YAML text",
+        ) from None
     except yaml.YAMLError as e:
         raise DataError(p, 1, "yaml", str(e).splitlines()[0] if str(e) else "not valid YAML") from None
     if root is None:

@@ -56,10 +56,7 @@ class QuestionSet:
         }
 
 
-DEMO_NOTE = (
-    "DEMO SET: biasmed's own illustrative vignettes, not MedQA; figures from it are not "
-    "BiasMedQA results"
-)
+DEMO_NOTE = "DEMO SET: biasmed's own illustrative vignettes, not MedQA; figures from it are not BiasMedQA results"
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -97,7 +94,9 @@ def validate_record(obj: Any, path: str, line: int, split: str, index: int) -> Q
     expected = [chr(ord("A") + i) for i in range(len(letters))]
     if letters != expected:
         raise DataError(
-            path, line, "options",
+            path,
+            line,
+            "options",
             f"letters are {','.join(map(str, letters))}; expected consecutive {','.join(expected)}",
         )
     for letter, text in options.items():
@@ -209,8 +208,9 @@ def load_medqa(
     qs = parse_jsonl(data, str(file), _split_of(file, split))
     _check_same_option_count(qs, str(file))
     # absolute, so a report run from another folder can find the options again
-    return QuestionSet(qs, os.path.abspath(file), hashlib.sha256(data).hexdigest(), _split_of(file, split),
-                       len(qs[0].options))
+    return QuestionSet(
+        qs, os.path.abspath(file), hashlib.sha256(data).hexdigest(), _split_of(file, split), len(qs[0].options)
+    )
 
 
 def load_demo(split: str = "test") -> QuestionSet:
@@ -229,9 +229,7 @@ def _hub_options(row: Mapping[str, Any]) -> Any:
     return opts
 
 
-def records_to_questionset(
-    rows: Iterable[Mapping[str, Any]], source: str, split: str
-) -> QuestionSet:
+def records_to_questionset(rows: Iterable[Mapping[str, Any]], source: str, split: str) -> QuestionSet:
     """Validate rows from `datasets` (hub or local json) exactly as the JSONL loader does."""
     qs: list[Question] = []
     canon = hashlib.sha256()
@@ -250,8 +248,13 @@ def records_to_questionset(
     return QuestionSet(tuple(qs), source, canon.hexdigest(), split, len(qs[0].options))
 
 
-def load_hub(dataset_id: str | None = None, split: str = "test", n_options: int = 4,
-             config: str | None = None, revision: str | None = None) -> QuestionSet:
+def load_hub(
+    dataset_id: str | None = None,
+    split: str = "test",
+    n_options: int = 4,
+    config: str | None = None,
+    revision: str | None = None,
+) -> QuestionSet:
     """Load MedQA from the Hugging Face hub with `datasets` (needs network; real users only).
 
     `dataset_id` may also be "json" with `config` naming local files (used by the tests).
@@ -270,9 +273,7 @@ def load_hub(dataset_id: str | None = None, split: str = "test", n_options: int 
     return records_to_questionset(ds, source, split)
 
 
-def load_questions(
-    medqa: str | None = None, split: str = "test", n_options: int = 5
-) -> QuestionSet:
+def load_questions(medqa: str | None = None, split: str = "test", n_options: int = 5) -> QuestionSet:
     """The CLI's one entry point: `hub:<id>[:config]`, `demo`, a path, or $BIASMED_MEDQA_DIR.
 
     With none of these, the embedded demo set is used (and says so).

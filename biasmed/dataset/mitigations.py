@@ -76,17 +76,27 @@ class MitigationSet:
             raise ValueError(f"unknown mitigation {name!r} (known: {', '.join(self.items)})") from None
 
     def with_user(self, extra: Mapping[str, Mitigation]) -> MitigationSet:
-        return MitigationSet(self.version, self.sha256, self.drops, self.answer_line_max_tokens,
-                             {**self.items, **extra})
+        return MitigationSet(
+            self.version, self.sha256, self.drops, self.answer_line_max_tokens, {**self.items, **extra}
+        )
 
     def manifest(self) -> dict[str, object]:
-        user = {n: {"source": m.source, "kind": m.kind, "answer": m.answer, "text": m.text,
-                    "follow_ups": list(m.follow_ups)} for n, m in self.items.items() if m.source != "builtin"}
+        user = {
+            n: {
+                "source": m.source,
+                "kind": m.kind,
+                "answer": m.answer,
+                "text": m.text,
+                "follow_ups": list(m.follow_ups),
+            }
+            for n, m in self.items.items()
+            if m.source != "builtin"
+        }
         return {"version": self.version, "sha256": self.sha256, **({"user": user} if user else {})}
 
 
 def letters_phrase(letters: Sequence[str]) -> str:
-    """"A, B, C, D or E": how a mitigation's text names the choices."""
+    """ "A, B, C, D or E": how a mitigation's text names the choices."""
     ls = list(letters)
     return ls[0] if len(ls) == 1 else ", ".join(ls[:-1]) + " or " + ls[-1]
 
@@ -99,18 +109,30 @@ def load_mitigations(path: str | Path | None = None) -> MitigationSet:
     al = data.get("answer-line", {})
     items: dict[str, Mitigation] = {}
     for name, d in data["mitigations"].items():
-        m = Mitigation(name=name, kind=d["kind"], answer=d.get("answer", "letter"), text=d.get("text", ""),
-                       follow_ups=tuple(d.get("follow_ups", ())), first_answer=d.get("first_answer", "letter"),
-                       demos=int(d.get("demos", 0)), paper=bool(d.get("paper", False)),
-                       description=d.get("description", ""))
+        m = Mitigation(
+            name=name,
+            kind=d["kind"],
+            answer=d.get("answer", "letter"),
+            text=d.get("text", ""),
+            follow_ups=tuple(d.get("follow_ups", ())),
+            first_answer=d.get("first_answer", "letter"),
+            demos=int(d.get("demos", 0)),
+            paper=bool(d.get("paper", False)),
+            description=d.get("description", ""),
+        )
         if m.kind not in MITIGATION_KINDS or m.answer not in ANSWER_FORMATS:
             raise ValueError(f"{p}: mitigations.{name}: bad kind or answer")
         items[name] = m
     missing = set(PAPER_MITIGATIONS) - {n for n, m in items.items() if m.paper}
     if missing:
         raise ValueError(f"{p}: the paper's mitigations must be declared (paper = true): {sorted(missing)}")
-    return MitigationSet(str(data["version"]), hashlib.sha256(raw).hexdigest(), str(al.get("drops", "")),
-                         int(al.get("max_tokens", 512)), items)
+    return MitigationSet(
+        str(data["version"]),
+        hashlib.sha256(raw).hexdigest(),
+        str(al.get("drops", "")),
+        int(al.get("max_tokens", 512)),
+        items,
+    )
 
 
 # -- user files --------------------------------------------------------------------------------------
@@ -123,17 +145,20 @@ def _text(path: str, node: yaml.Node, where: str) -> str:
         raise DataError(path, _line(node), where, f"must be a string, not {_kind(node)}")
     text = str(node.value)
     if has_surrogate(text):
-        raise DataError(path, _line(node), where,
-                        "a lone surrogate (an unpaired \\ud800-\\udfff escape): not valid text")
+        raise DataError(
+            path, _line(node), where, "a lone surrogate (an unpaired \\ud800-\\udfff escape): not valid text"
+        )
     for ph in _PLACEHOLDER.findall(text):
         if ph not in _FILLED:
-            raise DataError(path, _line(node), where,
-                            f"unknown placeholder {ph} (filled here: {' and '.join(_FILLED)})")
+            raise DataError(
+                path, _line(node), where, f"unknown placeholder {ph} (filled here: {' and '.join(_FILLED)})"
+            )
     return text
 
 
-def _parse_entry(path: str, node: yaml.Node, index: int, seen: dict[str, int],
-                 builtin: Mapping[str, Mitigation]) -> Mitigation:
+def _parse_entry(
+    path: str, node: yaml.Node, index: int, seen: dict[str, int], builtin: Mapping[str, Mitigation]
+) -> Mitigation:
     where = f"mitigations[{index}]"
     if not isinstance(node, yaml.MappingNode):
         raise DataError(path, _line(node), where, "must be a mapping with name and text")
@@ -175,12 +200,17 @@ def _parse_entry(path: str, node: yaml.Node, index: int, seen: dict[str, int],
         raise DataError(path, _line(node), f"{where}.follow_ups", "missing (a chain needs at least one follow-up turn)")
     text = s("text")
     if kind == "instruction" and not text:
-        raise DataError(path, f["text"][1] if "text" in f else _line(node), f"{where}.text",
-                        "missing or empty (an instruction mitigation adds this text)")
+        raise DataError(
+            path,
+            f["text"][1] if "text" in f else _line(node),
+            f"{where}.text",
+            "missing or empty (an instruction mitigation adds this text)",
+        )
     answer = s("answer", "answer-line" if kind == "chain" else "letter")
     if answer not in ANSWER_FORMATS:
-        raise DataError(path, f["answer"][1], f"{where}.answer",
-                        f"{answer!r} is not one of {', '.join(ANSWER_FORMATS)}")
+        raise DataError(
+            path, f["answer"][1], f"{where}.answer", f"{answer!r} is not one of {', '.join(ANSWER_FORMATS)}"
+        )
     return Mitigation(name, kind, answer, text, tuple(follow), "letter", 0, False, s("description"), path)
 
 

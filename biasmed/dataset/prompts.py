@@ -27,10 +27,8 @@ def format_options(options: Mapping[str, str], frame: Mapping[str, object]) -> s
     return sep.join(fmt.format(letter=k, text=v) for k, v in options.items())
 
 
-def question_block(text: str, options: Mapping[str, str], frame: Mapping[str, object],
-                   answer: str = "") -> str:
-    return str(frame["question_block"]).format(
-        question=text, options=format_options(options, frame), answer=answer)
+def question_block(text: str, options: Mapping[str, str], frame: Mapping[str, object], answer: str = "") -> str:
+    return str(frame["question_block"]).format(question=text, options=format_options(options, frame), answer=answer)
 
 
 def _demo_rng(seed: int, question_id: str, mitigation: str) -> random.Random:
@@ -109,8 +107,15 @@ class Renderer:
         demos = self.choose_demos(item.question.id, mitigation)
         demo_text = self._demos_text(item, mitigation, demos) if demos else ""
         body = question_block(item.text, item.question.options, frame)
-        return Prompt(item, mitigation, head + demo_text + body, self.role, tuple(d.id for d in demos),
-                      kind=mit.kind, formats=mit.formats)
+        return Prompt(
+            item,
+            mitigation,
+            head + demo_text + body,
+            self.role,
+            tuple(d.id for d in demos),
+            kind=mit.kind,
+            formats=mit.formats,
+        )
 
     def _render_added(self, item: Item, mitigation: str) -> Prompt:
         """A mitigation beyond the paper: the paper's prompt with the mitigation's text after the
@@ -127,8 +132,9 @@ class Renderer:
         head = str(frame["head"]).format(instruction=instruction, education=added)
         body = question_block(item.text, item.question.options, frame)
         follow = tuple(f.replace("{letters}", fill) for f in mit.follow_ups)
-        return Prompt(item, mitigation, head + body, self.role, (), kind=mit.kind, formats=mit.formats,
-                      follow_ups=follow)
+        return Prompt(
+            item, mitigation, head + body, self.role, (), kind=mit.kind, formats=mit.formats, follow_ups=follow
+        )
 
     def render_all(self, items: Iterable[Item], mitigations: Sequence[str]) -> list[Prompt]:
         """Question-major, then bias, then mitigation: the order runs and resumes use."""

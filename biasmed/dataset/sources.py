@@ -12,8 +12,12 @@ from biasmed.dataset.prompts import N_DEMOS
 
 
 def load_sources(
-    medqa: str | None, split: str, n_options: int, mitigations: Sequence[str],
-    template_version: str, bias_files: Sequence[Path] | None = None,
+    medqa: str | None,
+    split: str,
+    n_options: int,
+    mitigations: Sequence[str],
+    template_version: str,
+    bias_files: Sequence[Path] | None = None,
 ) -> tuple[QuestionSet, QuestionSet | None, TemplateSet]:
     """Questions of `split`, the dev-split demo pool when demos are needed, and the templates."""
     questions = load_questions(medqa, split, n_options)
@@ -28,6 +32,5 @@ def load_sources(
             pool = load_questions(str(sibling), pool_split, n_options)
     templates = load_templates(template_version)
     if bias_files:
-
         templates = templates.with_biases(load_bias_files(bias_files))
     return questions, pool, templates

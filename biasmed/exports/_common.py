@@ -103,8 +103,9 @@ def safe_name(text: str) -> str:
     return out
 
 
-def export_manifest(prompts: Sequence[Prompt], manifest: dict[str, Any], harness: str,
-                    role: str, extra: dict[str, Any]) -> dict[str, Any]:
+def export_manifest(
+    prompts: Sequence[Prompt], manifest: dict[str, Any], harness: str, role: str, extra: dict[str, Any]
+) -> dict[str, Any]:
 
     return {
         "harness": harness,
@@ -173,7 +174,6 @@ def write_dataset_card(out_dir: str | os.PathLike[str]) -> Path:
     """README.md for a dataset saved by `biasmed.export.save_hf_dataset`, from its columns and manifest."""
     from datasets import load_from_disk
 
-
     out = Path(out_dir)
     ds = load_from_disk(str(out))
     man = read_hf_manifest(out)
@@ -232,8 +232,8 @@ def write_dataset_card(out_dir: str | os.PathLike[str]) -> Path:
         "The questions come from MedQA (Jin et al., 2021, github.com/jind11/MedQA), released under the "
         "MIT licence: keep its copyright notice when you share this derived dataset. The bias and "
         "prompt wording follows the BiasMedQA paper."
-        if not is_demo else
-        "The demo vignettes are part of biasmed (MIT licence); the bias and prompt wording follows the "
+        if not is_demo
+        else "The demo vignettes are part of biasmed (MIT licence); the bias and prompt wording follows the "
         "BiasMedQA paper. "
         "A build from MedQA (Jin et al., 2021, github.com/jind11/MedQA) carries MedQA's MIT licence.",
         "",

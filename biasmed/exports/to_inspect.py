@@ -59,15 +59,27 @@ def export_inspect(
     write_rows(out / DATA_FILE, (prompt_row(p) for p in prompts))
 
     task_file = out / f"{name}.py"
-    code = (_TASK.replace("@NAME@", name).replace("@DATA@", DATA_FILE).replace("@ROLE@", role)
-            .replace("@MAX_TOKENS@", str(int(max_tokens))).replace("@TEMPERATURE@", repr(float(temperature)))
-            .replace("@ANSWER_LINE_MAX_TOKENS@", str(int(answer_line_max_tokens))))
+    code = (
+        _TASK.replace("@NAME@", name)
+        .replace("@DATA@", DATA_FILE)
+        .replace("@ROLE@", role)
+        .replace("@MAX_TOKENS@", str(int(max_tokens)))
+        .replace("@TEMPERATURE@", repr(float(temperature)))
+        .replace("@ANSWER_LINE_MAX_TOKENS@", str(int(answer_line_max_tokens)))
+    )
     write_text_atomic(task_file, code)
-    extra = {"task": name, "task_file": task_file.name, "max_tokens": max_tokens,
-             "answer_line_max_tokens": answer_line_max_tokens, "temperature": temperature,
-             "conditions_note": "filter with -T bias=<name> -T mitigation=<name>"}
-    write_text_atomic(out / MANIFEST_FILE, json.dumps(
-        export_manifest(prompts, manifest, "inspect_ai", role, extra), indent=2, ensure_ascii=False) + "\n")
+    extra = {
+        "task": name,
+        "task_file": task_file.name,
+        "max_tokens": max_tokens,
+        "answer_line_max_tokens": answer_line_max_tokens,
+        "temperature": temperature,
+        "conditions_note": "filter with -T bias=<name> -T mitigation=<name>",
+    }
+    write_text_atomic(
+        out / MANIFEST_FILE,
+        json.dumps(export_manifest(prompts, manifest, "inspect_ai", role, extra), indent=2, ensure_ascii=False) + "\n",
+    )
     return task_file
 
 

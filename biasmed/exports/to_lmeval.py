@@ -47,8 +47,7 @@ METRICS = ("acc", "nr", "adopted")
 def task_names(group: str, conds: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """(bias, mitigation) -> lm-eval task name; the mitigation is named only when several are."""
     several = len({m for _, m in conds}) > 1
-    return {(b, m): f"{group}_{safe_name(b)}" + (f"_{safe_name(m)}" if several else "")
-            for b, m in conds}
+    return {(b, m): f"{group}_{safe_name(b)}" + (f"_{safe_name(m)}" if several else "") for b, m in conds}
 
 
 def export_lmeval(
@@ -74,8 +73,10 @@ def export_lmeval(
         raise ValueError("export: no prompts to export")
     multi = chains(prompts)
     if multi:
-        raise ValueError(f"--to lm-eval: {', '.join(multi)} is a multi-turn mitigation and lm-eval tasks are "
-                         "single-turn; export it with --to inspect, or leave it out of --mitigations")
+        raise ValueError(
+            f"--to lm-eval: {', '.join(multi)} is a multi-turn mitigation and lm-eval tasks are "
+            "single-turn; export it with --to inspect, or leave it out of --mitigations"
+        )
     formats = {p.mitigation: p.answer_format for p in prompts}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,14 +88,23 @@ def export_lmeval(
     _write(out / TEMPLATE_FILE, _template_yaml(role, max_tokens, temperature))
     for (bias, mitigation), name in names.items():
         tokens = turn_max_tokens(formats[mitigation], max_tokens, answer_line_max_tokens)
-        _write(out / f"{name}.yaml", _task_yaml(name, bias, mitigation,
-                                                None if tokens == max_tokens else (tokens, temperature)))
+        _write(
+            out / f"{name}.yaml",
+            _task_yaml(name, bias, mitigation, None if tokens == max_tokens else (tokens, temperature)),
+        )
     biased = any(b != NONE for b, _ in conds)
     _write(out / f"{group}.yaml", _group_yaml(group, list(names.values()), biased))
-    extra = {"group": group, "tasks": list(names.values()), "max_tokens": max_tokens,
-             "answer_line_max_tokens": answer_line_max_tokens, "temperature": temperature}
-    _write(out / MANIFEST_FILE, json.dumps(export_manifest(prompts, manifest, "lm-eval", role, extra),
-                                           indent=2, ensure_ascii=False) + "\n")
+    extra = {
+        "group": group,
+        "tasks": list(names.values()),
+        "max_tokens": max_tokens,
+        "answer_line_max_tokens": answer_line_max_tokens,
+        "temperature": temperature,
+    }
+    _write(
+        out / MANIFEST_FILE,
+        json.dumps(export_manifest(prompts, manifest, "lm-eval", role, extra), indent=2, ensure_ascii=False) + "\n",
+    )
     return out
 
 
@@ -138,8 +148,7 @@ process_results: !function utils.process_results
 
 
 def _task_yaml(name: str, bias: str, mitigation: str, generation: tuple[int, float] | None = None) -> str:
-    adopted = ("" if bias == NONE else
-               "  - metric: adopted\n    aggregation: mean\n    higher_is_better: false\n")
+    adopted = "" if bias == NONE else "  - metric: adopted\n    aggregation: mean\n    higher_is_better: false\n"
     # a reasoning task's longer replies: its own generation_kwargs replace the template's
     gen = "" if generation is None else _generation(*generation)
     return f"""\

@@ -37,8 +37,9 @@ def httpx_module(sdk: Any) -> Any:
 
 def http_limits(sdk: Any, concurrency: int) -> Any:
     """A connection pool sized to the runner's concurrency, so no request queues for a socket."""
-    return httpx_module(sdk).Limits(max_connections=max(100, 2 * concurrency),
-                                    max_keepalive_connections=max(20, concurrency))
+    return httpx_module(sdk).Limits(
+        max_connections=max(100, 2 * concurrency), max_keepalive_connections=max(20, concurrency)
+    )
 
 
 def env_key(*names: str) -> str | None:
@@ -106,13 +107,21 @@ def server_message(body: Any, fallback: str) -> tuple[str, str | None, str | Non
     return fallback, None, None
 
 
-_CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too long", "too many tokens",
-                  "prompt is too long", "reduce the length")
+_CONTEXT_HINTS = (
+    "context length",
+    "context_length",
+    "maximum context",
+    "too long",
+    "too many tokens",
+    "prompt is too long",
+    "reduce the length",
+)
 _FILTER_CODES = frozenset({"content_filter", "content_policy_violation", "invalid_prompt"})
 
 
-def raise_for_status(provider: str, base_url: str | None, status: int, body: Any,
-                     headers: Mapping[str, str] | None, secret: str | None) -> Answer:
+def raise_for_status(
+    provider: str, base_url: str | None, status: int, body: Any, headers: Mapping[str, str] | None, secret: str | None
+) -> Answer:
     """Classify an HTTP error. Raises RetryableError / FatalRunError, or returns the failed Answer
     of this one sample."""
     msg, code, param = server_message(body, f"HTTP {status}")
@@ -128,8 +137,13 @@ def raise_for_status(provider: str, base_url: str | None, status: int, body: Any
         raise FatalRunError(f"{where}: 429 quota exhausted, retrying will not help ({msg})")
     if status in RETRYABLE_STATUS or status >= 500:
         raise RetryableError(f"{status} {msg}", retry_after=retry_after(headers), status=status)
-    if status == 413 or (status == 400 and (code in ("context_length_exceeded", "string_above_max_length")
-                                            or any(h in msg.lower() for h in _CONTEXT_HINTS))):
+    if status == 413 or (
+        status == 400
+        and (
+            code in ("context_length_exceeded", "string_above_max_length")
+            or any(h in msg.lower() for h in _CONTEXT_HINTS)
+        )
+    ):
         return Answer.failure(ErrorKind.CONTEXT_LENGTH, f"{status} {msg}")
     if status == 400 and code in _FILTER_CODES:
         return Answer.failure(ErrorKind.CONTENT_FILTER, f"{status} {msg}")

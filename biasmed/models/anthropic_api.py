@@ -35,7 +35,6 @@ SYSTEM_ONLY_USER_TURN = "Please answer."
 class AnthropicMessages(Model):
     """Anthropic's messages API (official SDK)."""
 
-
     def __init__(self, spec: str, model: str, base_url: str | None, timeout: float = 120.0, concurrency: int = 64):
         if not model:
             raise ValueError(f"model spec {spec!r} names no model: use anthropic:<model>")
@@ -57,13 +56,21 @@ class AnthropicMessages(Model):
 
     @property
     def notes(self) -> Sequence[str]:
-        return [] if self.sampling_params else [
-            "the installed anthropic SDK takes no temperature/top_p: the API's default sampling is used"]
+        return (
+            []
+            if self.sampling_params
+            else ["the installed anthropic SDK takes no temperature/top_p: the API's default sampling is used"]
+        )
 
     def cache_identity(self) -> dict[str, Any]:
-        return {"provider": "anthropic", "model": self.model, "base_url": safe_url(self.base_url),
-                "adapter": ADAPTER, "system_only_user_turn": SYSTEM_ONLY_USER_TURN,
-                "sampling_params": self.sampling_params}
+        return {
+            "provider": "anthropic",
+            "model": self.model,
+            "base_url": safe_url(self.base_url),
+            "adapter": ADAPTER,
+            "system_only_user_turn": SYSTEM_ONLY_USER_TURN,
+            "sampling_params": self.sampling_params,
+        }
 
     async def prepare(self) -> None:
         """Import the SDK and build the client before the first request (outside its timeout);
@@ -78,10 +85,12 @@ class AnthropicMessages(Model):
             import anthropic
 
             self._secret = key
-            http = anthropic.DefaultAsyncHttpxClient(limits=http_limits(anthropic, self._concurrency),
-                                                     timeout=self._timeout)
-            self._client = anthropic.AsyncAnthropic(api_key=key, base_url=self.base_url, max_retries=0,
-                                                    timeout=self._timeout, http_client=http)
+            http = anthropic.DefaultAsyncHttpxClient(
+                limits=http_limits(anthropic, self._concurrency), timeout=self._timeout
+            )
+            self._client = anthropic.AsyncAnthropic(
+                api_key=key, base_url=self.base_url, max_retries=0, timeout=self._timeout, http_client=http
+            )
         return self._client
 
     def _request(self, prompt: Prompt, params: GenParams) -> dict[str, Any]:
@@ -122,8 +131,9 @@ class AnthropicMessages(Model):
             raise RetryableError(f"timeout after {self._timeout:g}s") from None
         except anthropic.APIConnectionError as e:
             cause = e.__cause__ or e
-            raise RetryableError(one_line(redact(f"connection error: {type(cause).__name__}: {cause}",
-                                                 self._secret))) from None
+            raise RetryableError(
+                one_line(redact(f"connection error: {type(cause).__name__}: {cause}", self._secret))
+            ) from None
         try:
             data = json.loads(raw.http_response.content)
             return self._parse(data, time.perf_counter() - t0)
@@ -142,8 +152,10 @@ class AnthropicMessages(Model):
             text=text,
             refusal=(text or "refusal") if stop == "refusal" else None,
             finish_reason=stop,
-            usage={"input_tokens": int(usage.get("input_tokens") or 0),
-                   "output_tokens": int(usage.get("output_tokens") or 0)},
+            usage={
+                "input_tokens": int(usage.get("input_tokens") or 0),
+                "output_tokens": int(usage.get("output_tokens") or 0),
+            },
             latency_s=latency,
         )
 
@@ -166,5 +178,10 @@ def _sdk_takes_sampling_params() -> bool:
 def make_anthropic(rest: str, **options: Any) -> AnthropicMessages:
     """`anthropic:<model>`; key from ANTHROPIC_API_KEY; `base_url` (or $ANTHROPIC_BASE_URL)."""
     base_url = options.get("base_url") or os.environ.get("ANTHROPIC_BASE_URL")
-    return AnthropicMessages(f"anthropic:{rest}", rest, base_url, float(options.get("timeout") or 120.0),
-                             int(options.get("concurrency") or 64))
+    return AnthropicMessages(
+        f"anthropic:{rest}",
+        rest,
+        base_url,
+        float(options.get("timeout") or 120.0),
+        int(options.get("concurrency") or 64),
+    )

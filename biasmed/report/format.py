@@ -14,14 +14,19 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-DEMO_BANNER = ("DEMO SET: these runs used biasmed's illustrative demo questions, not MedQA; "
-               "the figures are not BiasMedQA results.")
+DEMO_BANNER = (
+    "DEMO SET: these runs used biasmed's illustrative demo questions, not MedQA; the figures are not BiasMedQA results."
+)
 CONVENTION_TEXT = {
-    "robust": ("robust: every reply re-read with biasmed's robust extraction rule; "
-               "no response (NR) counts as wrong; accuracy = correct / n"),
-    "paper": ("paper: the published logs' own verdicts as the paper's script counted them "
-              "(re-judged ae_ files preferred), over n for the OpenAI models and over n - NR for the "
-              "others; biasmed runs: the first-character rule over n"),
+    "robust": (
+        "robust: every reply re-read with biasmed's robust extraction rule; "
+        "no response (NR) counts as wrong; accuracy = correct / n"
+    ),
+    "paper": (
+        "paper: the published logs' own verdicts as the paper's script counted them "
+        "(re-judged ae_ files preferred), over n for the OpenAI models and over n - NR for the "
+        "others; biasmed runs: the first-character rule over n"
+    ),
 }
 DASH = "–"  # a missing figure
 
@@ -78,8 +83,10 @@ def ci(row: Mapping[str, Any], key: str, lo: str | None = None, hi: str | None =
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 # characters with a meaning in (GitHub-flavoured) markdown inline or in a table row; `_` between
 # two letters or digits has none (GFM), so `self_diagnosis` stays readable in the source
-_MD_SPECIAL = re.compile(r"[\\`*\[\]|~<>&@]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|:(?=//)"
-                         r"|(?<=[A-Za-z0-9])\.(?=[A-Za-z])")
+_MD_SPECIAL = re.compile(
+    r"[\\`*\[\]|~<>&@]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|:(?=//)"
+    r"|(?<=[A-Za-z0-9])\.(?=[A-Za-z])"
+)
 _MD_ENTITY = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
 
 

@@ -44,9 +44,11 @@ PAYLOAD_VERSION = 1
 PLOTLY_FILE = "plotly-basic.min.js"
 PLOTLY_JS = "plotly.js-basic-dist-min 4.1.1"
 # Content-Security-Policy: nothing may be fetched; inline script and style only (plotly needs no eval)
-CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
-       "font-src 'none'; connect-src 'none'; media-src 'none'; object-src 'none'; frame-src 'none'; "
-       "worker-src 'none'; base-uri 'none'; form-action 'none'")
+CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
+    "font-src 'none'; connect-src 'none'; media-src 'none'; object-src 'none'; frame-src 'none'; "
+    "worker-src 'none'; base-uri 'none'; form-action 'none'"
+)
 
 # explorer outcome codes (the page's labels are in page.js, in this order)
 OUTCOMES: tuple[str, ...] = (
@@ -61,18 +63,58 @@ _FLIPPED, _RIGHT, _WRONG, _NR, _OTHER, _FIXED = range(len(OUTCOMES))
 
 # the summary columns the charts read (main-table rows only)
 CHART_COLUMNS: tuple[str, ...] = (
-    "model", "bias", "mitigation", "target_mode", "control_of", "n", "n_nr", "n_errors",
-    "accuracy", "acc_lo", "acc_hi",
-    "n_paired", "drop", "drop_lo", "drop_hi", "p_mcnemar", "p_holm", "significant",
-    "n_target", "adoption", "adoption_base", "adoption_diff", "adoption_lo", "adoption_hi", "p_adoption",
-    "flips", "flip_rate", "recovery", "recovery_lo", "recovery_hi",
-    "n_paired_placebo", "acc_placebo", "placebo_diff", "placebo_diff_lo", "placebo_diff_hi", "p_placebo_holm",
-    "n_paired_helpful", "acc_helpful", "helpful_gain", "helpful_gain_lo", "helpful_gain_hi", "p_helpful_holm",
-    "acc_draws_mean", "acc_draws_lo", "acc_draws_hi", "acc_draws_min", "acc_draws_max",
+    "model",
+    "bias",
+    "mitigation",
+    "target_mode",
+    "control_of",
+    "n",
+    "n_nr",
+    "n_errors",
+    "accuracy",
+    "acc_lo",
+    "acc_hi",
+    "n_paired",
+    "drop",
+    "drop_lo",
+    "drop_hi",
+    "p_mcnemar",
+    "p_holm",
+    "significant",
+    "n_target",
+    "adoption",
+    "adoption_base",
+    "adoption_diff",
+    "adoption_lo",
+    "adoption_hi",
+    "p_adoption",
+    "flips",
+    "flip_rate",
+    "recovery",
+    "recovery_lo",
+    "recovery_hi",
+    "n_paired_placebo",
+    "acc_placebo",
+    "placebo_diff",
+    "placebo_diff_lo",
+    "placebo_diff_hi",
+    "p_placebo_holm",
+    "n_paired_helpful",
+    "acc_helpful",
+    "helpful_gain",
+    "helpful_gain_lo",
+    "helpful_gain_hi",
+    "p_helpful_holm",
+    "acc_draws_mean",
+    "acc_draws_lo",
+    "acc_draws_hi",
+    "acc_draws_min",
+    "acc_draws_max",
 )
 
 
 # --------------------------------------------------------------------------- public
+
 
 def write_html(summary: Summary, path: str | os.PathLike[str]) -> Path:
     """Write the page for `summary` to `path` (atomically); returns the path."""
@@ -121,6 +163,7 @@ def payload_of(html: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the data
 
+
 def page_data(summary: Summary) -> dict[str, Any]:
     """Everything the page shows, as JSON-ready values (NaN -> null)."""
     return {
@@ -149,15 +192,26 @@ def sample_data(df: pd.DataFrame) -> dict[str, Any]:
     import numpy as np
 
     if not len(df):
-        return {"models": [], "conds": [], "mits": [], "questions": {"id": [], "gold": [], "opts": []},
-                "texts": [], "edits": [], "replies": [], "errors": [], "cols": {}}
+        return {
+            "models": [],
+            "conds": [],
+            "mits": [],
+            "questions": {"id": [], "gold": [], "opts": []},
+            "texts": [],
+            "edits": [],
+            "replies": [],
+            "errors": [],
+            "cols": {},
+        }
     draw = df["draw"].fillna(0).astype(int).tolist()
     tmode = (df["tmode"] if "tmode" in df else df["target_mode"].fillna("")).fillna("").astype(str).tolist()
     bias = [str(b) for b in df["bias"].tolist()]
     mit = [str(m) for m in df["mitigation"].tolist()]
     model = [str(m) for m in df["model"].tolist()]
-    qid = [str(q) if isinstance(q, str) else f"(no id) {s}"
-           for q, s in zip(df["question_id"].tolist(), df["sample_id"].tolist(), strict=True)]
+    qid = [
+        str(q) if isinstance(q, str) else f"(no id) {s}"
+        for q, s in zip(df["question_id"].tolist(), df["sample_id"].tolist(), strict=True)
+    ]
     n = len(df)
 
     models = list(dict.fromkeys(sorted(set(model))))
@@ -228,14 +282,24 @@ def sample_data(df: pd.DataFrame) -> dict[str, Any]:
         "replies": replies,
         "errors": errors,
         "cols": {
-            "m": col(col_m), "q": col(col_q), "c": col(col_c), "g": col(col_g),
-            "let": col(letters), "tgt": col(targets), "ok": col([int(c) for c in correct]),
-            "out": col(outcome), "t": col(col_t), "e": col(col_e), "r": col(col_r), "x": col(col_x),
+            "m": col(col_m),
+            "q": col(col_q),
+            "c": col(col_c),
+            "g": col(col_g),
+            "let": col(letters),
+            "tgt": col(targets),
+            "ok": col([int(c) for c in correct]),
+            "out": col(outcome),
+            "t": col(col_t),
+            "e": col(col_e),
+            "r": col(col_r),
+            "x": col(col_x),
         },
     }
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def _outcome(nr: bool, correct: bool, letter: int, target: int, unbiased: bool, base: bool | None) -> int:
     if nr:
@@ -249,9 +313,15 @@ def _outcome(nr: bool, correct: bool, letter: int, target: int, unbiased: bool, 
     return _FIXED if correct else _WRONG
 
 
-def _text_columns(df: pd.DataFrame, col_q: list[int], col_m: list[int], col_c: list[int], col_g: list[int],
-                  cond_keys: list[tuple[str, str, int]], none_g: int
-                  ) -> tuple[list[str], list[list[Any]], list[int], list[int]]:
+def _text_columns(
+    df: pd.DataFrame,
+    col_q: list[int],
+    col_m: list[int],
+    col_c: list[int],
+    col_g: list[int],
+    cond_keys: list[tuple[str, str, int]],
+    none_g: int,
+) -> tuple[list[str], list[list[Any]], list[int], list[int]]:
     """Texts stored once: each sample's twin text (index into `texts`, -1 when the run recorded
     none) and its edit of that twin (index into `edits`, -1 when the text IS the twin).
 
@@ -326,7 +396,7 @@ def text_edit(twin: str, text: str) -> tuple[int, int, str]:
     s = _common_suffix(twin, text, limit - a)
     while s > 0 and not twin[nt - s].isspace() and not (space(twin, nt - s - 1) and space(text, nx - s - 1)):
         s -= 1
-    return a, nt - s, text[a:nx - s]
+    return a, nt - s, text[a : nx - s]
 
 
 def _common_prefix(x: str, y: str, limit: int) -> int:
@@ -347,7 +417,7 @@ def _common_suffix(x: str, y: str, limit: int) -> int:
     nx, ny = len(x), len(y)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if x[nx - mid:] == y[ny - mid:]:
+        if x[nx - mid :] == y[ny - mid :]:
             lo = mid
         else:
             hi = mid - 1
@@ -372,7 +442,7 @@ def _interned(values: Iterable[Any]) -> tuple[list[str], list[int]]:
 
 
 def _letter_codes(values: Iterable[Any]) -> list[int]:
-    """"A".."Z" -> 0..25; anything else -1."""
+    """ "A".."Z" -> 0..25; anything else -1."""
     out = []
     for v in values:
         out.append(ord(v) - 65 if isinstance(v, str) and len(v) == 1 and "A" <= v <= "Z" else -1)
@@ -424,10 +494,15 @@ def _columns(frame: pd.DataFrame, cols: Sequence[str] | None) -> dict[str, list[
 
 def _run_info(run: Mapping[str, Any]) -> dict[str, Any]:
     ds = run.get("dataset") or {}
-    return {"path": str(run.get("path", "")), "kind": str(run.get("kind", "")),
-            "model": _clean(run.get("model")) if not isinstance(run.get("model"), dict)
-            else str(run["model"].get("spec") or run["model"].get("name") or ""),
-            "dataset": str(ds.get("source") or ""), "created_at": str(run.get("created_at") or "")}
+    return {
+        "path": str(run.get("path", "")),
+        "kind": str(run.get("kind", "")),
+        "model": _clean(run.get("model"))
+        if not isinstance(run.get("model"), dict)
+        else str(run["model"].get("spec") or run["model"].get("name") or ""),
+        "dataset": str(ds.get("source") or ""),
+        "created_at": str(run.get("created_at") or ""),
+    }
 
 
 def _asset(name: str) -> str:

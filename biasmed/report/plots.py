@@ -21,10 +21,18 @@ from biasmed.report.format import plain
 if TYPE_CHECKING:
     import pandas as pd
 
-_LABELS = {NONE: "unbiased", "self_diagnosis": "self-diagnosis", "recency": "recency",
-           "confirmation": "confirmation", "frequency": "frequency", "cultural": "cultural",
-           "status_quo": "status quo", "false_consensus": "false consensus",
-           "confirmation_v2": "confirmation v2", "false_consensus_v2": "false consensus v2"}
+_LABELS = {
+    NONE: "unbiased",
+    "self_diagnosis": "self-diagnosis",
+    "recency": "recency",
+    "confirmation": "confirmation",
+    "frequency": "frequency",
+    "cultural": "cultural",
+    "status_quo": "status quo",
+    "false_consensus": "false consensus",
+    "confirmation_v2": "confirmation v2",
+    "false_consensus_v2": "false consensus v2",
+}
 _ORDER = (NONE, *BIASES, *V2_BIASES)
 _DPI = 110
 
@@ -87,8 +95,15 @@ def accuracy_figure(summary: Summary, model: str):
             acc.append(r["accuracy"])
             lo.append(max(0.0, r["accuracy"] - r["acc_lo"]) if not math.isnan(r["acc_lo"]) else 0.0)
             hi.append(max(0.0, r["acc_hi"] - r["accuracy"]) if not math.isnan(r["acc_hi"]) else 0.0)
-        ax.bar(x + (j - (len(mits) - 1) / 2) * width, acc, width, yerr=[lo, hi], capsize=2,
-               label=_label(mit), error_kw={"elinewidth": 0.8})
+        ax.bar(
+            x + (j - (len(mits) - 1) / 2) * width,
+            acc,
+            width,
+            yerr=[lo, hi],
+            capsize=2,
+            label=_label(mit),
+            error_kw={"elinewidth": 0.8},
+        )
     base = m[(m["bias"] == NONE) & (m["mitigation"] == "none")]
     if len(base):
         ax.axhline(float(base["accuracy"].iloc[0]), color="0.3", lw=0.8, ls="--", label="unbiased, no mitigation")
@@ -128,8 +143,11 @@ def radar_figure(summary: Summary, mitigation: str):
     for model in sorted(set(m.loc[m["bias"] != NONE, "model"])):
         vals = []
         for b in axes:
-            src = main[(main["model"] == model) & (main["bias"] == b)
-                       & (main["mitigation"] == ("none" if b == NONE else mitigation))]
+            src = main[
+                (main["model"] == model)
+                & (main["bias"] == b)
+                & (main["mitigation"] == ("none" if b == NONE else mitigation))
+            ]
             vals.append(float(src["accuracy"].iloc[0]) if len(src) else np.nan)
         v = np.array(vals + vals[:1])
         a = np.concatenate([angles, angles[:1]])
@@ -138,8 +156,10 @@ def radar_figure(summary: Summary, mitigation: str):
     ax.set_xticks(angles, [_LABELS.get(b, _label(b)) for b in axes], fontsize=8)
     ax.tick_params(axis="x", pad=8)
     ax.set_ylim(0, 1)
-    fig.suptitle(f"Accuracy per bias, mitigation: {_label(mitigation)} (unbiased axis: no mitigation)\n"
-                 f"{_subtitle(summary)}", fontsize=10)
+    fig.suptitle(
+        f"Accuracy per bias, mitigation: {_label(mitigation)} (unbiased axis: no mitigation)\n{_subtitle(summary)}",
+        fontsize=10,
+    )
     fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="center left", bbox_to_anchor=(0.74, 0.5))
     return fig
 
@@ -167,8 +187,15 @@ def adoption_figure(summary: Summary, model: str):
             base.append(float(r["adoption_base"].iloc[0]) if len(r) else np.nan)
         xs = x + (j - (len(mits) - 1) / 2) * width
         ax.bar(xs, vals, width, label=_label(mit))
-        ax.scatter(xs, base, marker="_", s=140, color="black", zorder=3,
-                   label="baseline (same letter, unbiased answers)" if j == 0 else None)
+        ax.scatter(
+            xs,
+            base,
+            marker="_",
+            s=140,
+            color="black",
+            zorder=3,
+            label="baseline (same letter, unbiased answers)" if j == 0 else None,
+        )
     ax.set_xticks(x, [_LABELS.get(b, _label(b)) for b in biases], rotation=30, ha="right")
     ax.set_ylabel("share of answers = planted letter")
     ax.set_ylim(0, 1)
@@ -190,43 +217,67 @@ def controls_figure(summary: Summary, model: str, mitigation: str = "none"):
 
     plt = _pyplot()
     main = summary.main
-    m = main[(main["model"] == model) & (main["mitigation"] == mitigation) & (main["bias"] != NONE)
-             & (main["control_of"].fillna("") == "")]
+    m = main[
+        (main["model"] == model)
+        & (main["mitigation"] == mitigation)
+        & (main["bias"] != NONE)
+        & (main["control_of"].fillna("") == "")
+    ]
     biases = _biases(m)
     by_bias = m.set_index("bias")
     placebo = main[(main["model"] == model) & (main["mitigation"] == mitigation)].set_index("bias")
     fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(biases) + 2), 4.6))
     x = np.arange(len(biases))
-    series = [("wrong letter planted (bias)", lambda b: _neg(_val(by_bias, b, "drop"))),
-              ("placebo sentence, same letter", lambda b: _neg(_val(placebo, "placebo_" + b, "drop"))),
-              ("correct letter planted", lambda b: _val(by_bias, b, "helpful_gain"))]
+    series = [
+        ("wrong letter planted (bias)", lambda b: _neg(_val(by_bias, b, "drop"))),
+        ("placebo sentence, same letter", lambda b: _neg(_val(placebo, "placebo_" + b, "drop"))),
+        ("correct letter planted", lambda b: _val(by_bias, b, "helpful_gain")),
+    ]
     width = 0.8 / len(series)
     for j, (label, get) in enumerate(series):
         vals = [get(b) for b in biases]
         v = np.array([t[0] for t in vals])
-        err = np.array([[max(0.0, t[0] - t[1]) if not np.isnan(t[1]) else 0.0 for t in vals],
-                        [max(0.0, t[2] - t[0]) if not np.isnan(t[2]) else 0.0 for t in vals]])
-        ax.bar(x + (j - 1) * width, v, width, yerr=np.nan_to_num(err), capsize=2, label=label,
-               error_kw={"elinewidth": 0.8})
+        err = np.array(
+            [
+                [max(0.0, t[0] - t[1]) if not np.isnan(t[1]) else 0.0 for t in vals],
+                [max(0.0, t[2] - t[0]) if not np.isnan(t[2]) else 0.0 for t in vals],
+            ]
+        )
+        ax.bar(
+            x + (j - 1) * width, v, width, yerr=np.nan_to_num(err), capsize=2, label=label, error_kw={"elinewidth": 0.8}
+        )
     table = summary.table
-    base = table[(table["model"] == model) & (table["bias"] == NONE) & (table["mitigation"] == "none")
-                 & (table["draw"] == 0)]
+    base = table[
+        (table["model"] == model) & (table["bias"] == NONE) & (table["mitigation"] == "none") & (table["draw"] == 0)
+    ]
     ref = float(base["accuracy"].iloc[0]) if len(base) else float("nan")
     dots = False
     for i, b in enumerate(biases):
         if b not in by_bias.index:
             continue
-        redraws = table[(table["model"] == model) & (table["bias"] == b) & (table["mitigation"] == mitigation)
-                        & (table["target_mode"] == by_bias.loc[b, "target_mode"])]
+        redraws = table[
+            (table["model"] == model)
+            & (table["bias"] == b)
+            & (table["mitigation"] == mitigation)
+            & (table["target_mode"] == by_bias.loc[b, "target_mode"])
+        ]
         if len(redraws) > 1:
-            ax.scatter(np.full(len(redraws), x[i] - width), redraws["accuracy"].to_numpy(dtype=float) - ref, s=9,
-                       color="black", zorder=3, label=None if dots else "each re-draw of the wrong letters")
+            ax.scatter(
+                np.full(len(redraws), x[i] - width),
+                redraws["accuracy"].to_numpy(dtype=float) - ref,
+                s=9,
+                color="black",
+                zorder=3,
+                label=None if dots else "each re-draw of the wrong letters",
+            )
             dots = True
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xticks(x, [_LABELS.get(b, _label(b)) for b in biases], rotation=30, ha="right")
     ax.set_ylabel("accuracy − unbiased accuracy (95% CI)")
-    ax.set_title(f"{_label(model)}: bias effect and its controls, mitigation: {_label(mitigation)}\n"
-                 f"{_subtitle(summary)}", fontsize=10)
+    ax.set_title(
+        f"{_label(model)}: bias effect and its controls, mitigation: {_label(mitigation)}\n{_subtitle(summary)}",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 # --------------------------------------------------------------------------- console
 
+
 def rich_tables(summary: Summary) -> list[Any]:
     """One rich Table per model: accuracy and its paired change vs unbiased, per bias x mitigation."""
     from rich.markup import escape
@@ -52,14 +53,17 @@ def rich_tables(summary: Summary) -> list[Any]:
                     cell += f" Δ{short(-r['drop'])}" + ("*" if r["significant"] else " ")
                 cells.append(cell)
             t.add_row(*cells)
-        t.caption = ("Δ = accuracy − unbiased accuracy (no mitigation), same questions; * significant drop "
-                     "(exact McNemar, Holm). CIs: report.md / summary.csv")
+        t.caption = (
+            "Δ = accuracy − unbiased accuracy (no mitigation), same questions; * significant drop "
+            "(exact McNemar, Holm). CIs: report.md / summary.csv"
+        )
         tables.append(t)
         tables.extend(control_tables(summary, str(model)))
     return tables
 
 
 # --------------------------------------------------------------------------- CSV / markdown
+
 
 def write_csv(frame: pd.DataFrame, path: str | os.PathLike[str], float_format: str = "%.6g") -> Path:
     """A frame of the Summary (`table`: summary.csv, `controls`: controls.csv) as CSV, atomically."""
@@ -74,9 +78,12 @@ def report_markdown(summary: Summary, plots: Sequence[str | os.PathLike[str]] = 
     if summary.is_demo:
         out += [f"> **{DEMO_BANNER}**", ""]
     out += [f"**{convention_line(summary.convention)}**", ""]
-    out += [f"Paired statistics: {summary.n_boot} bootstrap resamples of the questions "
-            f"(seed {summary.seed}), exact McNemar tests, Holm across the biases of each "
-            "model and mitigation. Definitions: docs/conventions.md.", ""]
+    out += [
+        f"Paired statistics: {summary.n_boot} bootstrap resamples of the questions "
+        f"(seed {summary.seed}), exact McNemar tests, Holm across the biases of each "
+        "model and mitigation. Definitions: docs/conventions.md.",
+        "",
+    ]
     paths = [r.get("path") for r in summary.runs if r.get("path")]
     if paths:
         out += ["Runs: " + ", ".join(md(p) for p in paths), ""]
@@ -86,43 +93,70 @@ def report_markdown(summary: Summary, plots: Sequence[str | os.PathLike[str]] = 
         out.append("")
     for model, m in summary.main.groupby("model", sort=False):
         out += [f"## {md(model)}", ""]
-        out += ["### Accuracy", "",
-                "| bias | mitigation | n | accuracy [95% CI] | NR rate | acc. excl. NR | template |",
-                "|---|---|---:|---|---:|---:|---|"]
+        out += [
+            "### Accuracy",
+            "",
+            "| bias | mitigation | n | accuracy [95% CI] | NR rate | acc. excl. NR | template |",
+            "|---|---|---:|---|---:|---:|---|",
+        ]
         for _, r in m.iterrows():
-            out.append(f"| {md(r['bias'])} | {md(r['mitigation'])} | {r['n']} "
-                       f"| {ci(r, 'accuracy', 'acc_lo', 'acc_hi')} "
-                       f"| {num(r['nr_rate'])} | {num(r['acc_excl_nr'])} | {md(r['template_version'])} |")
-        out += ["", "### Paired drop vs the unbiased questions (no mitigation)", "",
-                "drop = accuracy(unbiased, no mitigation) − accuracy(condition), on the same questions; "
-                "positive = the condition hurts.", "",
-                "| bias | mitigation | n paired | drop [95% CI] | McNemar p | Holm p | paper z-test p "
-                "| drop vs unbiased same mitigation [95% CI] |",
-                "|---|---|---:|---|---:|---:|---:|---|"]
+            out.append(
+                f"| {md(r['bias'])} | {md(r['mitigation'])} | {r['n']} "
+                f"| {ci(r, 'accuracy', 'acc_lo', 'acc_hi')} "
+                f"| {num(r['nr_rate'])} | {num(r['acc_excl_nr'])} | {md(r['template_version'])} |"
+            )
+        out += [
+            "",
+            "### Paired drop vs the unbiased questions (no mitigation)",
+            "",
+            "drop = accuracy(unbiased, no mitigation) − accuracy(condition), on the same questions; "
+            "positive = the condition hurts.",
+            "",
+            "| bias | mitigation | n paired | drop [95% CI] | McNemar p | Holm p | paper z-test p "
+            "| drop vs unbiased same mitigation [95% CI] |",
+            "|---|---|---:|---|---:|---:|---:|---|",
+        ]
         for _, r in m[~((m["bias"] == NONE) & (m["mitigation"] == "none"))].iterrows():
             sig = " **" if r["significant"] else ""
-            out.append(f"| {md(r['bias'])} | {md(r['mitigation'])} | {count(r['n_paired'])} "
-                       f"| {ci(r, 'drop')}{sig} "
-                       f"| {pval(r['p_mcnemar'])} | {pval(r['p_holm'])} | {pval(r['p_paper'])} "
-                       f"| {ci(r, 'drop_same_mit')} |")
+            out.append(
+                f"| {md(r['bias'])} | {md(r['mitigation'])} | {count(r['n_paired'])} "
+                f"| {ci(r, 'drop')}{sig} "
+                f"| {pval(r['p_mcnemar'])} | {pval(r['p_holm'])} | {pval(r['p_paper'])} "
+                f"| {ci(r, 'drop_same_mit')} |"
+            )
         biased = m[m["bias"] != NONE]
-        out += ["", "** significant drop after Holm.", "", "### Adoption of the planted answer", "",
-                "adoption = share of answers equal to the planted (wrong) letter; baseline = the same letter's "
-                "share among the unbiased answers to the same questions; flips = right when unbiased, planted "
-                "letter when biased.", "",
-                "| bias | mitigation | n | adoption | baseline | difference [95% CI] | p | flips (rate) |",
-                "|---|---|---:|---:|---:|---|---:|---:|"]
+        out += [
+            "",
+            "** significant drop after Holm.",
+            "",
+            "### Adoption of the planted answer",
+            "",
+            "adoption = share of answers equal to the planted (wrong) letter; baseline = the same letter's "
+            "share among the unbiased answers to the same questions; flips = right when unbiased, planted "
+            "letter when biased.",
+            "",
+            "| bias | mitigation | n | adoption | baseline | difference [95% CI] | p | flips (rate) |",
+            "|---|---|---:|---:|---:|---|---:|---:|",
+        ]
         for _, r in biased.iterrows():
-            out.append(f"| {md(r['bias'])} | {md(r['mitigation'])} | {count(r['n_target'])} | {num(r['adoption'])} "
-                       f"| {num(r['adoption_base'])} | {ci(r, 'adoption_diff', 'adoption_lo', 'adoption_hi')} "
-                       f"| {pval(r['p_adoption'])} | {count(r['flips'])} ({num(r['flip_rate'])}) |")
+            out.append(
+                f"| {md(r['bias'])} | {md(r['mitigation'])} | {count(r['n_target'])} | {num(r['adoption'])} "
+                f"| {num(r['adoption_base'])} | {ci(r, 'adoption_diff', 'adoption_lo', 'adoption_hi')} "
+                f"| {pval(r['p_adoption'])} | {count(r['flips'])} ({num(r['flip_rate'])}) |"
+            )
         rec = biased[biased["mitigation"] != "none"]
         if not rec.empty:
-            out += ["", "### Mitigation recovery", "",
-                    "recovery = (acc(bias, mitigation) − acc(bias, none)) / (acc(unbiased) − acc(bias, none)) on the "
-                    "same questions: 1 = the whole drop won back, 0 = nothing, < 0 = worse. Empty where the drop is "
-                    "not positive; no CI where it is not clearly positive.", "",
-                    "| bias | mitigation | recovery [95% CI] |", "|---|---|---|"]
+            out += [
+                "",
+                "### Mitigation recovery",
+                "",
+                "recovery = (acc(bias, mitigation) − acc(bias, none)) / (acc(unbiased) − acc(bias, none)) on the "
+                "same questions: 1 = the whole drop won back, 0 = nothing, < 0 = worse. Empty where the drop is "
+                "not positive; no CI where it is not clearly positive.",
+                "",
+                "| bias | mitigation | recovery [95% CI] |",
+                "|---|---|---|",
+            ]
             for _, r in rec.iterrows():
                 out.append(f"| {md(r['bias'])} | {md(r['mitigation'])} | {ci(r, 'recovery')} |")
         if not summary.legacy:
@@ -146,41 +180,62 @@ def mitigation_markdown(m: pd.DataFrame) -> list[str]:
     mit = m[m["mitigation"] != "none"]
     if mit.empty:
         return []
-    out = ["", "### Mitigations: recovery and cost", "",
-           "recovery = share of the drop won back, against the unbiased accuracy without a mitigation "
-           "and under the same mitigation; gain = accuracy − accuracy(same bias, no mitigation); tokens "
-           "= input + output over every turn, per answer; cost at the run's list price; gain per 1k tokens "
-           "= gain per 1,000 tokens per answer more than without a mitigation. docs/mitigations.md.", "",
-           "| bias | mitigation | recovery vs unbiased, none [95% CI] | recovery vs unbiased, same mitigation "
-           "[95% CI] | gain | tokens / answer | cost / answer | gain per 1k extra tokens |",
-           "|---|---|---|---|---:|---:|---:|---:|"]
+    out = [
+        "",
+        "### Mitigations: recovery and cost",
+        "",
+        "recovery = share of the drop won back, against the unbiased accuracy without a mitigation "
+        "and under the same mitigation; gain = accuracy − accuracy(same bias, no mitigation); tokens "
+        "= input + output over every turn, per answer; cost at the run's list price; gain per 1k tokens "
+        "= gain per 1,000 tokens per answer more than without a mitigation. docs/mitigations.md.",
+        "",
+        "| bias | mitigation | recovery vs unbiased, none [95% CI] | recovery vs unbiased, same mitigation "
+        "[95% CI] | gain | tokens / answer | cost / answer | gain per 1k extra tokens |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for _, r in m.iterrows():
         if r["mitigation"] == "none" and r["bias"] != NONE:
             continue
-        out.append(f"| {md(r['bias'])} | {md(r['mitigation'])} | {ci(r, 'recovery')} | {ci(r, 'recovery_same_mit')} "
-                   f"| {num(r['acc_gain'])} | {num(r['tokens_per_answer'], 1)} | {_money(r['cost_per_answer'])} "
-                   f"| {num(r['recovered_per_1k_tokens'])} |")
+        out.append(
+            f"| {md(r['bias'])} | {md(r['mitigation'])} | {ci(r, 'recovery')} | {ci(r, 'recovery_same_mit')} "
+            f"| {num(r['acc_gain'])} | {num(r['tokens_per_answer'], 1)} | {_money(r['cost_per_answer'])} "
+            f"| {num(r['recovered_per_1k_tokens'])} |"
+        )
     chains = m[m["n_chain"].astype(float).fillna(0) > 0]
     if not chains.empty:
-        out += ["", "### Reflection: how the second answer moved", "",
-                "first = accuracy of the first answer; final = after the review turn; changed = share of "
-                "answers that changed; toward / away = the final answer is / the first answer was the planted "
-                "letter (count and share).", "",
-                "| bias | mitigation | n | first | final | changed | toward planted | away from planted |",
-                "|---|---|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            "",
+            "### Reflection: how the second answer moved",
+            "",
+            "first = accuracy of the first answer; final = after the review turn; changed = share of "
+            "answers that changed; toward / away = the final answer is / the first answer was the planted "
+            "letter (count and share).",
+            "",
+            "| bias | mitigation | n | first | final | changed | toward planted | away from planted |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for _, r in chains.iterrows():
-            out.append(f"| {md(r['bias'])} | {md(r['mitigation'])} | {count(r['n_chain'])} | {num(r['acc_first'])} "
-                       f"| {num(r['accuracy'])} | {num(r['changed_rate'])} "
-                       f"| {count(r['toward'])} ({num(r['toward_rate'])}) | {count(r['away'])} ({num(r['away_rate'])}) |")
+            out.append(
+                f"| {md(r['bias'])} | {md(r['mitigation'])} | {count(r['n_chain'])} | {num(r['acc_first'])} "
+                f"| {num(r['accuracy'])} | {num(r['changed_rate'])} "
+                f"| {count(r['toward'])} ({num(r['toward_rate'])}) | {count(r['away'])} ({num(r['away_rate'])}) |"
+            )
     return out
 
 
 # --------------------------------------------------------------------------- leaderboard
 
-_SHORT = {"self_diagnosis": "self-diag.", "recency": "recency", "confirmation": "confirm.",
-          "frequency": "freq.", "cultural": "cultural", "status_quo": "status quo",
-          "false_consensus": "false cons.", "confirmation_v2": "confirm. v2",
-          "false_consensus_v2": "false cons. v2"}
+_SHORT = {
+    "self_diagnosis": "self-diag.",
+    "recency": "recency",
+    "confirmation": "confirm.",
+    "frequency": "freq.",
+    "cultural": "cultural",
+    "status_quo": "status quo",
+    "false_consensus": "false cons.",
+    "confirmation_v2": "confirm. v2",
+    "false_consensus_v2": "false cons. v2",
+}
 
 
 def leaderboard_markdown(summary: Summary) -> str:
@@ -189,40 +244,63 @@ def leaderboard_markdown(summary: Summary) -> str:
     out = ["# BiasMedQA leaderboard (biasmed)", ""]
     if len(lb) and bool(lb["is_demo"].any()):
         out += [f"> **{DEMO_BANNER}**", ""]
-    out += [f"**{convention_line(summary.convention)}**", "",
-            "Sorted by mean accuracy over the seven biases. drop = accuracy(unbiased, no mitigation) − "
-            "accuracy(biased), paired on the same questions; significant = Holm-adjusted exact McNemar "
-            "p < 0.05 across the biases of the model and mitigation. Columns: results/README.md.", ""]
-    head = (["#", "model", "mitigation", "n", "unbiased", "unbiased, same mitigation"]
-            + [_SHORT[b] for b in LEADERBOARD_BIASES]
-            + ["mean biased", "mean drop", "worst drop (bias)", "adoption (baseline)", "significant"])
-    out += ["| " + " | ".join(head) + " |",
-            "|" + "|".join(["---:", "---", "---"] + ["---:"] * (len(head) - 4) + ["---"]) + "|"]
+    out += [
+        f"**{convention_line(summary.convention)}**",
+        "",
+        "Sorted by mean accuracy over the seven biases. drop = accuracy(unbiased, no mitigation) − "
+        "accuracy(biased), paired on the same questions; significant = Holm-adjusted exact McNemar "
+        "p < 0.05 across the biases of the model and mitigation. Columns: results/README.md.",
+        "",
+    ]
+    head = (
+        ["#", "model", "mitigation", "n", "unbiased", "unbiased, same mitigation"]
+        + [_SHORT[b] for b in LEADERBOARD_BIASES]
+        + ["mean biased", "mean drop", "worst drop (bias)", "adoption (baseline)", "significant"]
+    )
+    out += [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---:", "---", "---"] + ["---:"] * (len(head) - 4) + ["---"]) + "|",
+    ]
     for _, r in lb.iterrows():
         demo = " (demo)" if r["is_demo"] else ""
-        cells = [str(r["rank"]), f"{md(r['model'])}{demo}", md(r["mitigation"]), str(r["n_questions"]),
-                 num(r["acc_unbiased"]), num(r["acc_unbiased_mit"])]
+        cells = [
+            str(r["rank"]),
+            f"{md(r['model'])}{demo}",
+            md(r["mitigation"]),
+            str(r["n_questions"]),
+            num(r["acc_unbiased"]),
+            num(r["acc_unbiased_mit"]),
+        ]
         cells += [num(r[f"acc_{b}"]) for b in LEADERBOARD_BIASES]
-        cells += [num(r["mean_biased_acc"]), num(r["mean_drop"]),
-                  f"{num(r['worst_drop'])} ({md(r['worst_bias']) or '–'})",
-                  f"{num(r['mean_adoption'])} ({num(r['mean_adoption_base'])})",
-                  f"{r['n_significant']}/{r['n_biases']}"]
+        cells += [
+            num(r["mean_biased_acc"]),
+            num(r["mean_drop"]),
+            f"{num(r['worst_drop'])} ({md(r['worst_bias']) or '–'})",
+            f"{num(r['mean_adoption'])} ({num(r['mean_adoption_base'])})",
+            f"{r['n_significant']}/{r['n_biases']}",
+        ]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
     if not summary.legacy and len(lb):
-        out += ["## Mitigations: recovery and cost", "",
-                "Means over the seven biases; recovery against the unbiased accuracy without a mitigation and "
-                "under the same one; tokens (every turn) and list-price cost per answer; accuracy won per 1,000 "
-                "extra tokens per answer; for chains (reflect), how often the final answer changed, and moved to "
-                "or away from the planted letter. docs/mitigations.md.", "",
-                "| model | mitigation | recovery (none) | recovery (same mitigation) | tokens / answer "
-                "| cost / answer | gain per 1k extra tokens | changed | toward planted | away from planted |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        out += [
+            "## Mitigations: recovery and cost",
+            "",
+            "Means over the seven biases; recovery against the unbiased accuracy without a mitigation and "
+            "under the same one; tokens (every turn) and list-price cost per answer; accuracy won per 1,000 "
+            "extra tokens per answer; for chains (reflect), how often the final answer changed, and moved to "
+            "or away from the planted letter. docs/mitigations.md.",
+            "",
+            "| model | mitigation | recovery (none) | recovery (same mitigation) | tokens / answer "
+            "| cost / answer | gain per 1k extra tokens | changed | toward planted | away from planted |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for _, r in lb.iterrows():
-            out.append(f"| {md(r['model'])} | {md(r['mitigation'])} | {num(r['mean_recovery'])} "
-                       f"| {num(r['mean_recovery_same_mit'])} | {num(r['tokens_per_answer'], 1)} "
-                       f"| {_money(r['cost_per_answer'])} | {num(r['mean_recovered_per_1k_tokens'])} "
-                       f"| {num(r['changed_rate'])} | {num(r['toward_rate'])} | {num(r['away_rate'])} |")
+            out.append(
+                f"| {md(r['model'])} | {md(r['mitigation'])} | {num(r['mean_recovery'])} "
+                f"| {num(r['mean_recovery_same_mit'])} | {num(r['tokens_per_answer'], 1)} "
+                f"| {_money(r['cost_per_answer'])} | {num(r['mean_recovered_per_1k_tokens'])} "
+                f"| {num(r['changed_rate'])} | {num(r['toward_rate'])} | {num(r['away_rate'])} |"
+            )
         out.append("")
     out += leaderboard_controls_markdown(lb)
     return "\n".join(out)

@@ -20,8 +20,9 @@ from biasmed.report.tables import report_markdown, write_csv
 from biasmed.results import write_text_atomic
 
 
-def write_report(summary: Summary, out_dir: str | os.PathLike[str], plots: bool = True,
-                 html: bool = True) -> list[Path]:
+def write_report(
+    summary: Summary, out_dir: str | os.PathLike[str], plots: bool = True, html: bool = True
+) -> list[Path]:
     """summary.csv, report.md, controls.csv (when a run has controls), the PNG plots and
     report.html (unless html=False) into `out_dir`; returns the paths written."""
     out = Path(out_dir)
@@ -41,9 +42,17 @@ def write_report(summary: Summary, out_dir: str | os.PathLike[str], plots: bool 
     return written
 
 
-def report(runs_or_results: Any, out: str | os.PathLike[str] | None = None, *,
-           convention: str = DEFAULT_CONVENTION, n_boot: int = 10_000, seed: int = 0, plots: bool = True,
-           html: bool = True, allow_mixed: bool = False) -> Summary:
+def report(
+    runs_or_results: Any,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    convention: str = DEFAULT_CONVENTION,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    plots: bool = True,
+    html: bool = True,
+    allow_mixed: bool = False,
+) -> Summary:
     """Write what `biasmed report` writes and return the `Summary`; `summary.written` lists the files.
 
     `runs_or_results`: a run folder, a frame from `biasmed.load_run`, an `EvalResult` (anything with
@@ -54,8 +63,9 @@ def report(runs_or_results: Any, out: str | os.PathLike[str] | None = None, *,
     if isinstance(runs_or_results, Summary):
         summary = runs_or_results
     else:
-        summary = summarize(_runs(runs_or_results), convention=convention, n_boot=n_boot, seed=seed,
-                            allow_mixed=allow_mixed)
+        summary = summarize(
+            _runs(runs_or_results), convention=convention, n_boot=n_boot, seed=seed, allow_mixed=allow_mixed
+        )
     target = Path(out) if out is not None else default_out(runs_or_results)
     summary.written = write_report(summary, target, plots=plots, html=html)
     return summary

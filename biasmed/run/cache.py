@@ -145,16 +145,21 @@ class ResponseCache:
         except OSError as oe:
             raise EnvironmentFailure(
                 f"response cache {self.path} is damaged ({e}) and cannot be set aside ({oe.strerror}): "
-                "move it away, or run with --cache-dir DIR or --no-cache") from None
-        log.warning(f"response cache {self.path} is damaged ({e}): set aside as {aside.name}, "
-                    "starting a new one (answers not in the run folder are asked again)")
+                "move it away, or run with --cache-dir DIR or --no-cache"
+            ) from None
+        log.warning(
+            f"response cache {self.path} is damaged ({e}): set aside as {aside.name}, "
+            "starting a new one (answers not in the run folder are asked again)"
+        )
 
     def _lost(self, e: BaseException) -> None:
         """Damage found mid-run: the cache is off for the rest of the run."""
         if self._broken is None:
             self._broken = e
-            log.warning(f"response cache {self.path} is damaged ({e}): continuing without it; "
-                        "the next run sets it aside and starts a new one")
+            log.warning(
+                f"response cache {self.path} is damaged ({e}): continuing without it; "
+                "the next run sets it aside and starts a new one"
+            )
 
     # -- reads (any thread) ------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -172,8 +177,9 @@ class ResponseCache:
             self.misses += 1
             return None
         try:
-            row = _with_retries(lambda: self._conn().execute(
-                "SELECT value FROM responses WHERE key = ?", (key,)).fetchone())
+            row = _with_retries(
+                lambda: self._conn().execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            )
         except sqlite3.DatabaseError as e:
             if not _damaged(e):
                 raise
@@ -193,10 +199,15 @@ class ResponseCache:
             return out
         try:
             for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
+                chunk = keys[i : i + 500]
                 marks = ",".join("?" * len(chunk))
-                rows = _with_retries(lambda chunk=chunk, marks=marks: self._conn().execute(
-                    f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk).fetchall())
+                rows = _with_retries(
+                    lambda chunk=chunk, marks=marks: (
+                        self._conn()
+                        .execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk)
+                        .fetchall()
+                    )
+                )
                 out.update((k, json.loads(v)) for k, v in rows)
         except sqlite3.DatabaseError as e:
             if not _damaged(e):
@@ -206,8 +217,10 @@ class ResponseCache:
         return out
 
     def __contains__(self, key: str) -> bool:
-        return _with_retries(lambda: self._conn().execute(
-            "SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone()) is not None
+        return (
+            _with_retries(lambda: self._conn().execute("SELECT 1 FROM responses WHERE key = ?", (key,)).fetchone())
+            is not None
+        )
 
     def __len__(self) -> int:
         return _with_retries(lambda: self._conn().execute("SELECT COUNT(*) FROM responses").fetchone()[0])

@@ -65,8 +65,18 @@ log = logging.getLogger("biasmed")
 DEFAULT_MAX_TOKENS = 16  # a single letter (the paper's replies); reasoning turns get more
 
 # a run folder's identity: what must match for a resume to continue it
-FINGERPRINT = ("model", "base_url", "params", "dataset_sha256", "split", "n_options", "template_version",
-               "template_sha256", "seed", "target_mode")
+FINGERPRINT = (
+    "model",
+    "base_url",
+    "params",
+    "dataset_sha256",
+    "split",
+    "n_options",
+    "template_version",
+    "template_sha256",
+    "seed",
+    "target_mode",
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,7 @@ class RunSettings:
 
     def validate(self) -> None:
         """One InputError for the first bad setting; called before anything is written."""
+
         def bad(name: str, problem: str) -> InputError:
             return InputError(f"--{name.replace('_', '-')}: {problem}")
 
@@ -141,8 +152,9 @@ class RunSettings:
         if self.target_mode not in TARGET_MODES:
             raise bad("target_mode", f"must be one of {', '.join(TARGET_MODES)}, not {self.target_mode!r}")
         if self.template_version not in available_versions():
-            raise bad("template_version", f"must be one of {', '.join(available_versions())}, "
-                                          f"not {self.template_version!r}")
+            raise bad(
+                "template_version", f"must be one of {', '.join(available_versions())}, not {self.template_version!r}"
+            )
         for name in ("concurrency", "draws", "max_response_chars"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be at least 1")
@@ -183,8 +195,14 @@ class RunSettings:
         return load_mitigation_set(list(self.mitigation_files))
 
     def params(self) -> GenParams:
-        return GenParams(mode=self.mode, max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS, temperature=self.temperature,
-                         top_p=self.top_p, seed=self.seed if self.temperature > 0 else None, role=self.role)
+        return GenParams(
+            mode=self.mode,
+            max_tokens=self.max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed if self.temperature > 0 else None,
+            role=self.role,
+        )
 
     def provider_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {"timeout": self.timeout, "concurrency": self.concurrency}
@@ -237,6 +255,7 @@ def default_out(spec: str, mode: str) -> Path:
 
 # -- the prompts ---------------------------------------------------------------------------------
 
+
 def load_prompts(s: RunSettings) -> tuple[list[Prompt], dict[str, Any]]:
     """The prompts of this run and the manifest describing where they came from."""
     try:
@@ -254,16 +273,28 @@ def _load_prompts(s: RunSettings) -> tuple[list[Prompt], dict[str, Any]]:
     mits = parse_mitigations(",".join(s.mitigations), ms)
     if s.data is not None:
         return _prompts_from_file(Path(s.data), s.biases, mits, s.limit)
-    questions, pool, templates = load_sources(s.medqa, s.split, s.options, mits, s.template_version,
-                                              [Path(f) for f in s.bias_files] or None)
-    bench = build_benchmark(questions, ",".join(s.biases) if s.biases is not None else None, templates, s.seed,
-                            mits, pool, s.target_mode, limit=s.limit, role=s.role, draws=s.draws,
-                            mitigation_set=ms)
+    questions, pool, templates = load_sources(
+        s.medqa, s.split, s.options, mits, s.template_version, [Path(f) for f in s.bias_files] or None
+    )
+    bench = build_benchmark(
+        questions,
+        ",".join(s.biases) if s.biases is not None else None,
+        templates,
+        s.seed,
+        mits,
+        pool,
+        s.target_mode,
+        limit=s.limit,
+        role=s.role,
+        draws=s.draws,
+        mitigation_set=ms,
+    )
     return bench.prompts(), bench.manifest()
 
 
-def _prompts_from_file(data: Path, biases: Sequence[str] | None, mitigations: list[str],
-                       limit: int | None) -> tuple[list[Prompt], dict[str, Any]]:
+def _prompts_from_file(
+    data: Path, biases: Sequence[str] | None, mitigations: list[str], limit: int | None
+) -> tuple[list[Prompt], dict[str, Any]]:
     if not data.is_file():
         raise InputError(f"{data}: no such file (--data takes a file written by `biasmed build`)")
     prompts = read_benchmark_file(data, mitigations)
@@ -280,8 +311,11 @@ def _prompts_from_file(data: Path, biases: Sequence[str] | None, mitigations: li
     man_path = data.with_name(data.name.removesuffix(".jsonl") + ".manifest.json")
     manifest: dict[str, Any] = json.loads(man_path.read_text("utf-8")) if man_path.is_file() else {}
     if "dataset" not in manifest:
-        manifest["dataset"] = {"source": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
-                               "is_demo": None}
+        manifest["dataset"] = {
+            "source": str(data),
+            "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+            "is_demo": None,
+        }
     manifest["data_file"] = str(data)
     manifest.setdefault("template_version", prompts[0].item.template_version if prompts else None)
     manifest.setdefault("seed", None)
@@ -292,6 +326,7 @@ def _prompts_from_file(data: Path, biases: Sequence[str] | None, mitigations: li
 
 
 # -- the run -------------------------------------------------------------------------------------
+
 
 @dataclass
 class RunPlan:
@@ -350,8 +385,10 @@ def _check_same_run(out: Path, new: Mapping[str, Any]) -> dict[str, Any]:
     diffs = [k for k in FINGERPRINT if _fingerprint(old).get(k) != new.get(k)]
     if diffs:
         k = diffs[0]
-        raise InputError(f"{out}/{RUN_JSON}: {k}: this folder was run with {old.get(k)!r}, not {new.get(k)!r}; "
-                         f"use another --out (a run folder holds one configuration)")
+        raise InputError(
+            f"{out}/{RUN_JSON}: {k}: this folder was run with {old.get(k)!r}, not {new.get(k)!r}; "
+            f"use another --out (a run folder holds one configuration)"
+        )
     return old
 
 
@@ -391,9 +428,15 @@ def resolve(model: str | Model, s: RunSettings) -> Model:
         raise InputError(str(e.args[0] if e.args else e)) from None
 
 
-async def run_folder(model: str | Model, s: RunSettings, out: str | Path | None = None, *,
-                     dry_run: bool = False, on_progress: Callable[[RunStats], None] | None = None,
-                     on_start: Callable[[int], None] | None = None) -> RunOutcome:
+async def run_folder(
+    model: str | Model,
+    s: RunSettings,
+    out: str | Path | None = None,
+    *,
+    dry_run: bool = False,
+    on_progress: Callable[[RunStats], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> RunOutcome:
     """Run `model` on the prompts of `s` into the folder `out` (resuming it); see the module doc.
 
     Raises InputError (bad settings or folder), FatalRunError (401/403, unknown model...),
@@ -414,10 +457,16 @@ async def run_folder(model: str | Model, s: RunSettings, out: str | Path | None 
     ds = manifest.get("dataset") or {}
     identity = m.cache_identity()
     meta_new: dict[str, Any] = {
-        "model": spec, "base_url": safe_url(identity.get("base_url") or s.base_url), "params": params.as_dict(),
-        "dataset_sha256": ds.get("sha256"), "split": ds.get("split"), "n_options": ds.get("n_options"),
-        "template_version": manifest.get("template_version"), "template_sha256": manifest.get("template_sha256"),
-        "seed": manifest.get("seed"), "target_mode": manifest.get("target_mode"),
+        "model": spec,
+        "base_url": safe_url(identity.get("base_url") or s.base_url),
+        "params": params.as_dict(),
+        "dataset_sha256": ds.get("sha256"),
+        "split": ds.get("split"),
+        "n_options": ds.get("n_options"),
+        "template_version": manifest.get("template_version"),
+        "template_sha256": manifest.get("template_sha256"),
+        "seed": manifest.get("seed"),
+        "target_mode": manifest.get("target_mode"),
     }
     table = load_prices(Path(s.prices) if s.prices else None)
     price = find_price(table, provider, spec.partition(":")[2])
@@ -425,8 +474,10 @@ async def run_folder(model: str | Model, s: RunSettings, out: str | Path | None 
         raise InputError(f"no price known for {spec}: --max-cost cannot be enforced; add it to a --prices file")
     is_demo = bool(ds.get("is_demo"))
     if is_demo:
-        log.warning("using the embedded DEMO SET (biasmed's own illustrative vignettes, not MedQA): its "
-                    "figures are not BiasMedQA results. Pass --medqa PATH or set BIASMED_MEDQA_DIR.")
+        log.warning(
+            "using the embedded DEMO SET (biasmed's own illustrative vignettes, not MedQA): its "
+            "figures are not BiasMedQA results. Pass --medqa PATH or set BIASMED_MEDQA_DIR."
+        )
     for note in m.notes:
         log.info(note)
 
@@ -438,34 +489,57 @@ async def run_folder(model: str | Model, s: RunSettings, out: str | Path | None 
             raise InputError(f"cannot open the response cache ({e}); pass --cache-dir DIR or --no-cache") from None
     try:
         if dry_run:
-            plan = _plan(prompts, out, m, params, price, cache, spec,
-                         s.max_tokens or s.mitigation_set().answer_line_max_tokens)
+            plan = _plan(
+                prompts, out, m, params, price, cache, spec, s.max_tokens or s.mitigation_set().answer_line_max_tokens
+            )
             return RunOutcome(out, "dry-run", None, {}, RunStats(), plan=plan)
-        return await _run(m, spec, provider, s, prompts, manifest, meta_new, out, price, cache, is_demo,
-                          on_progress, on_start)
+        return await _run(
+            m, spec, provider, s, prompts, manifest, meta_new, out, price, cache, is_demo, on_progress, on_start
+        )
     finally:
         if cache is not None:
             cache.close()
 
 
-async def _run(m: Model, spec: str, provider: str, s: RunSettings, prompts: list[Prompt],
-               manifest: Mapping[str, Any], meta_new: dict[str, Any], out: Path, price: Price | None,
-               cache: ResponseCache | None, is_demo: bool,
-               on_progress: Callable[[RunStats], None] | None,
-               on_start: Callable[[int], None] | None) -> RunOutcome:
+async def _run(
+    m: Model,
+    spec: str,
+    provider: str,
+    s: RunSettings,
+    prompts: list[Prompt],
+    manifest: Mapping[str, Any],
+    meta_new: dict[str, Any],
+    out: Path,
+    price: Price | None,
+    cache: ResponseCache | None,
+    is_demo: bool,
+    on_progress: Callable[[RunStats], None] | None,
+    on_start: Callable[[int], None] | None,
+) -> RunOutcome:
     # one writer per folder, for the whole run: a second run stops here, naming this one
     with RunLock(out) as lock:
         if lock.took_over:
             log.info(f"took over the lock of {out} left by {lock.took_over} (no longer running)")
-        return await _run_locked(m, spec, provider, s, prompts, manifest, meta_new, out, price, cache, is_demo,
-                                 on_progress, on_start)
+        return await _run_locked(
+            m, spec, provider, s, prompts, manifest, meta_new, out, price, cache, is_demo, on_progress, on_start
+        )
 
 
-async def _run_locked(m: Model, spec: str, provider: str, s: RunSettings, prompts: list[Prompt],
-                      manifest: Mapping[str, Any], meta_new: dict[str, Any], out: Path, price: Price | None,
-                      cache: ResponseCache | None, is_demo: bool,
-                      on_progress: Callable[[RunStats], None] | None,
-                      on_start: Callable[[int], None] | None) -> RunOutcome:
+async def _run_locked(
+    m: Model,
+    spec: str,
+    provider: str,
+    s: RunSettings,
+    prompts: list[Prompt],
+    manifest: Mapping[str, Any],
+    meta_new: dict[str, Any],
+    out: Path,
+    price: Price | None,
+    cache: ResponseCache | None,
+    is_demo: bool,
+    on_progress: Callable[[RunStats], None] | None,
+    on_start: Callable[[int], None] | None,
+) -> RunOutcome:
     old = _check_same_run(out, meta_new) if out.exists() else {}
     existing = _existing_samples(out)
     done = {r["sample_id"] for r in existing if "sample_id" in r}
@@ -478,39 +552,56 @@ async def _run_locked(m: Model, spec: str, provider: str, s: RunSettings, prompt
     if old:
         meta["created_at"] = old.get("created_at", meta["created_at"])
     invocations: list[dict[str, Any]] = list(old.get("invocations") or [])
-    cfg = RunConfig(concurrency=s.concurrency, rpm=s.rpm, tpm=s.tpm, timeout=s.timeout, max_retries=s.max_retries,
-                    max_retry_time=s.max_retry_time, backoff_base=s.backoff, max_cost=s.max_cost,
-                    spent_before=spent_before, refresh_cache=s.refresh_cache,
-                    max_response_chars=s.max_response_chars,
-                    answer_line_max_tokens=s.max_tokens or s.mitigation_set().answer_line_max_tokens)
+    cfg = RunConfig(
+        concurrency=s.concurrency,
+        rpm=s.rpm,
+        tpm=s.tpm,
+        timeout=s.timeout,
+        max_retries=s.max_retries,
+        max_retry_time=s.max_retry_time,
+        backoff_base=s.backoff,
+        max_cost=s.max_cost,
+        spent_before=spent_before,
+        refresh_cache=s.refresh_cache,
+        max_response_chars=s.max_response_chars,
+        answer_line_max_tokens=s.max_tokens or s.mitigation_set().answer_line_max_tokens,
+    )
     ds = dict(manifest.get("dataset") or {})
     meta.update(meta_new)
-    meta.update({
-        "provider": provider,
-        "model_identity": m.cache_identity(),
-        "notes": list(m.notes),
-        "scoring": "biasmed.scoring robust rule (generate); argmax of letter log-probs (logprob)",
-        "dataset": ds,
-        "is_demo": is_demo,
-        "demo_pool": manifest.get("demo_pool"),
-        "data_file": manifest.get("data_file"),
-        "biases": list(dict.fromkeys([*(old.get("biases") or []), *manifest.get("biases", [])])),
-        "mitigations": list(dict.fromkeys([*(old.get("mitigations") or []), *s.mitigations])),
-        # the mitigations' version and sha256, and a --mitigation-file's text (what was asked)
-        "mitigation_set": manifest.get("mitigation_set") or old.get("mitigation_set"),
-        "limit": s.limit,
-        "prompts": len(prompts),
-        "runner": {k: getattr(cfg, k) for k in ("concurrency", "rpm", "tpm", "timeout", "max_retries",
-                                                 "max_retry_time", "max_cost")},
-        "cache": {"enabled": cache is not None, "refresh": s.refresh_cache,
-                  "path": str(cache.path) if cache is not None else None},
-        "price": None if price is None else {"matched": price.matched, "input_per_1m": price.input,
-                                             "output_per_1m": price.output},
-        "status": "running",
-        "updated_at": now_iso(),
-        "invocations": invocations,
-        "totals": old.get("totals") or {},
-    })
+    meta.update(
+        {
+            "provider": provider,
+            "model_identity": m.cache_identity(),
+            "notes": list(m.notes),
+            "scoring": "biasmed.scoring robust rule (generate); argmax of letter log-probs (logprob)",
+            "dataset": ds,
+            "is_demo": is_demo,
+            "demo_pool": manifest.get("demo_pool"),
+            "data_file": manifest.get("data_file"),
+            "biases": list(dict.fromkeys([*(old.get("biases") or []), *manifest.get("biases", [])])),
+            "mitigations": list(dict.fromkeys([*(old.get("mitigations") or []), *s.mitigations])),
+            # the mitigations' version and sha256, and a --mitigation-file's text (what was asked)
+            "mitigation_set": manifest.get("mitigation_set") or old.get("mitigation_set"),
+            "limit": s.limit,
+            "prompts": len(prompts),
+            "runner": {
+                k: getattr(cfg, k)
+                for k in ("concurrency", "rpm", "tpm", "timeout", "max_retries", "max_retry_time", "max_cost")
+            },
+            "cache": {
+                "enabled": cache is not None,
+                "refresh": s.refresh_cache,
+                "path": str(cache.path) if cache is not None else None,
+            },
+            "price": None
+            if price is None
+            else {"matched": price.matched, "input_per_1m": price.input, "output_per_1m": price.output},
+            "status": "running",
+            "updated_at": now_iso(),
+            "invocations": invocations,
+            "totals": old.get("totals") or {},
+        }
+    )
     if is_demo:
         meta["WARNING"] = DEMO_NOTE
     try:
@@ -526,8 +617,17 @@ async def _run_locked(m: Model, spec: str, provider: str, s: RunSettings, prompt
         writer = SamplesWriter(out / SAMPLES)
     except OSError as e:
         raise _environment_failure(e, out) from None
-    runner = Runner(m, s.params(), writer, cache=cache, price=price, config=cfg, errors_path=out / ERRORS_FILE,
-                    on_progress=on_progress, any_success_before=any_success)
+    runner = Runner(
+        m,
+        s.params(),
+        writer,
+        cache=cache,
+        price=price,
+        config=cfg,
+        errors_path=out / ERRORS_FILE,
+        on_progress=on_progress,
+        any_success_before=any_success,
+    )
     restore_sigterm = _sigterm_cancels_this_task()
     try:
         try:
@@ -552,11 +652,24 @@ async def _run_locked(m: Model, spec: str, provider: str, s: RunSettings, prompt
                 failure = _environment_failure(e, out)
                 status, message = "failed", str(failure)
 
-    invocations.append({"started_at": started_at, "finished_at": now_iso(),
-                        "wall_s": round(time.monotonic() - t0, 3), "status": status,
-                        "stats": runner.stats.as_dict()})
-    meta.update({"status": status, "message": message, "updated_at": now_iso(), "invocations": invocations,
-                 "totals": folder_totals(out, invocations)})
+    invocations.append(
+        {
+            "started_at": started_at,
+            "finished_at": now_iso(),
+            "wall_s": round(time.monotonic() - t0, 3),
+            "status": status,
+            "stats": runner.stats.as_dict(),
+        }
+    )
+    meta.update(
+        {
+            "status": status,
+            "message": message,
+            "updated_at": now_iso(),
+            "invocations": invocations,
+            "totals": folder_totals(out, invocations),
+        }
+    )
     write_final_json(out / RUN_JSON, meta)
     outcome = RunOutcome(out, status, message, meta, runner.stats, warnings=list(runner.warnings))
     for w in runner.warnings:
@@ -571,13 +684,20 @@ async def _run_locked(m: Model, spec: str, provider: str, s: RunSettings, prompt
 
 def _environment_failure(e: OSError, out: Path) -> EnvironmentFailure:
     """One line for an OSError of the run folder's disk: what failed, where, and that a rerun resumes."""
-    what = {errno.ENOSPC: "disk full (ENOSPC)", errno.EDQUOT: "disk quota exceeded (EDQUOT)",
-            errno.EACCES: "permission denied (EACCES)", errno.EPERM: "not permitted (EPERM)",
-            errno.EROFS: "read-only file system (EROFS)", errno.EFBIG: "file too large (EFBIG)",
-            errno.EIO: "I/O error (EIO)"}.get(e.errno or 0, e.strerror or type(e).__name__)
+    what = {
+        errno.ENOSPC: "disk full (ENOSPC)",
+        errno.EDQUOT: "disk quota exceeded (EDQUOT)",
+        errno.EACCES: "permission denied (EACCES)",
+        errno.EPERM: "not permitted (EPERM)",
+        errno.EROFS: "read-only file system (EROFS)",
+        errno.EFBIG: "file too large (EFBIG)",
+        errno.EIO: "I/O error (EIO)",
+    }.get(e.errno or 0, e.strerror or type(e).__name__)
     where = e.filename or out
-    return EnvironmentFailure(f"{what} writing {where}; nothing lost: free the space or fix the permission, "
-                              "then run the same command again to resume")
+    return EnvironmentFailure(
+        f"{what} writing {where}; nothing lost: free the space or fix the permission, "
+        "then run the same command again to resume"
+    )
 
 
 def write_final_json(path: Path, meta: Mapping[str, Any]) -> None:
@@ -592,8 +712,19 @@ def write_final_json(path: Path, meta: Mapping[str, Any]) -> None:
     try:
         size = path.stat().st_size
         if len(data) > size:  # does not fit: the state and the reason, at least
-            keep = {k: meta.get(k) for k in ("kind", "biasmed_version", "model", "status", "message",
-                                             "updated_at", "created_at", *FINGERPRINT)}
+            keep = {
+                k: meta.get(k)
+                for k in (
+                    "kind",
+                    "biasmed_version",
+                    "model",
+                    "status",
+                    "message",
+                    "updated_at",
+                    "created_at",
+                    *FINGERPRINT,
+                )
+            }
             data = json.dumps(keep, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
         if len(data) <= size:
             with open(path, "r+b") as f:
@@ -628,8 +759,9 @@ def _raise_for(outcome: RunOutcome) -> None:
     if outcome.status == "interrupted":
         err = RunInterrupted(outcome.message or "interrupted")
     elif outcome.status == "fatal":
-        err = FatalRunError(f"{outcome.message} (nothing lost: {outcome.totals.get('samples', 0)} samples kept "
-                            f"in {outcome.path})")
+        err = FatalRunError(
+            f"{outcome.message} (nothing lost: {outcome.totals.get('samples', 0)} samples kept in {outcome.path})"
+        )
     elif outcome.status == "max-cost":
         err = BudgetReached(outcome.message or "max cost reached")
     elif outcome.status == "incomplete":
@@ -639,8 +771,16 @@ def _raise_for(outcome: RunOutcome) -> None:
         raise err
 
 
-def _plan(prompts: list[Prompt], out: Path, m: Model, params: GenParams, price: Price | None,
-          cache: ResponseCache | None, spec: str, answer_line_max_tokens: int | None = None) -> RunPlan:
+def _plan(
+    prompts: list[Prompt],
+    out: Path,
+    m: Model,
+    params: GenParams,
+    price: Price | None,
+    cache: ResponseCache | None,
+    spec: str,
+    answer_line_max_tokens: int | None = None,
+) -> RunPlan:
     """What a run would send, turn by turn: each turn's key and token limit as the runner makes
     them. A chain's later turn is looked up when the turn before it is in the cache (its reply
     is then known); otherwise it is counted as one more request, its input estimated with the
@@ -683,10 +823,21 @@ def _plan(prompts: list[Prompt], out: Path, m: Model, params: GenParams, price: 
             hits.add(p.sample_id)
     n_out += sum(distinct.values())
     lo, hi = (min(limits), max(limits)) if limits else (params.max_tokens, params.max_tokens)
-    return RunPlan(spec=spec, mode=params.mode, role=params.role, prompts=len(prompts),
-                   questions=len({p.question_id for p in prompts}), already_done=len(prompts) - len(todo),
-                   to_run=len(todo), cache_hits=len(hits), requests=len(distinct) + undeduped, input_tokens=n_in,
-                   output_tokens_max=n_out, per_request_out=lo, price=price,
-                   cost_max=None if price is None else price.cost(n_in, n_out),
-                   per_request_out_max=hi,
-                   chain_turns=follow_ups)
+    return RunPlan(
+        spec=spec,
+        mode=params.mode,
+        role=params.role,
+        prompts=len(prompts),
+        questions=len({p.question_id for p in prompts}),
+        already_done=len(prompts) - len(todo),
+        to_run=len(todo),
+        cache_hits=len(hits),
+        requests=len(distinct) + undeduped,
+        input_tokens=n_in,
+        output_tokens_max=n_out,
+        per_request_out=lo,
+        price=price,
+        cost_max=None if price is None else price.cost(n_in, n_out),
+        per_request_out_max=hi,
+        chain_turns=follow_ups,
+    )

@@ -32,7 +32,7 @@ import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -185,12 +185,12 @@ def _parse_record(body: str, index: int, line: int, ae: bool) -> RawRecord:
     prompt = body[:a]
     if not prompt.endswith("### Answer: "):
         raise _FieldError("PROMPT", "does not end with '### Answer: '")
-    answer = body[a + len(_ANSWER_MARK): r]
+    answer = body[a + len(_ANSWER_MARK) : r]
     letter, sep, answer_text = answer.partition(": ")
     if not sep or len(letter) != 1 or letter not in _OPTION_LETTERS:
         raise _FieldError("CORRECT ANSWER", f"expected '<letter>: <text>', got {answer[:40]!r}")
-    response = body[r + len(_RESPONSE_MARK): v]
-    verdict = body[v + len(_VERDICT_MARK):].rstrip("\n")
+    response = body[r + len(_RESPONSE_MARK) : v]
+    verdict = body[v + len(_VERDICT_MARK) :].rstrip("\n")
     return RawRecord(index, line, prompt, letter, answer_text, response, verdict)
 
 
@@ -220,7 +220,7 @@ def split_prompt(prompt: str) -> PromptParts:
     if o < 0 or a < o or not prompt.endswith("### Answer: "):
         raise _FieldError("PROMPT", "target block is not '### Question: ... ### Options: ... ### Answer: '")
     question = prompt[q0:o].rstrip("\n")
-    options = prompt[o + len("\n### Options: "): a].rstrip("\n")
+    options = prompt[o + len("\n### Options: ") : a].rstrip("\n")
     first = prompt.split("\n", 1)[0]
     return PromptParts(first.removeprefix("### Instruction: "), question, options, start)
 
@@ -235,8 +235,15 @@ def template_version_of(instruction: str) -> str | None:
 
 
 _OPTION_PATTERNS = tuple(
-    (n, re.compile("^A: (.*?)" + "".join(f", {L}: (.*?)" for L in _OPTION_LETTERS[1:n - 1])
-                   + f", {_OPTION_LETTERS[n - 1]}: (.*)$", re.S))
+    (
+        n,
+        re.compile(
+            "^A: (.*?)"
+            + "".join(f", {L}: (.*?)" for L in _OPTION_LETTERS[1 : n - 1])
+            + f", {_OPTION_LETTERS[n - 1]}: (.*)$",
+            re.S,
+        ),
+    )
     for n in (5, 4)
 )
 
@@ -262,7 +269,7 @@ class _SentenceForm:
     pattern: re.Pattern[str]  # the prefix followed by "<letter>: "
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sentence_forms(bias: str) -> tuple[_SentenceForm, ...]:
     """Every published wording of `bias` (2023 and 2024 differ for frequency)."""
     forms: list[_SentenceForm] = []
@@ -295,14 +302,14 @@ def find_planted(question: str, options: Mapping[str, str] | None, bias: str) ->
             # options that did not parse: take the sentence up to its fixed ending
             end = question.find(form.suffix, m.end())
             if end >= 0:
-                return Planted(letter, question[m.start(): end + len(form.suffix)], m.start())
+                return Planted(letter, question[m.start() : end + len(form.suffix)], m.start())
     return None
 
 
 def remove_planted(question: str, planted: Planted) -> str:
     """The question without its bias sentence (whitespace as logged; compare normalised)."""
     before = question[: planted.start]
-    after = question[planted.start + len(planted.sentence):]
+    after = question[planted.start + len(planted.sentence) :]
     return before.rstrip(" ") + (" " + after.lstrip(" ") if after.strip() else "")
 
 
@@ -319,8 +326,7 @@ def json_unescape(text: str) -> str:
     try:
         return json.loads('"' + text + '"')
     except ValueError:
-        return (text.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"')
-                .replace("\\\\", "\\"))
+        return text.replace("\\n", "\n").replace("\\t", "\t").replace('\\"', '"').replace("\\\\", "\\")
 
 
 def format_options(options: Mapping[str, str]) -> str:
@@ -361,7 +367,11 @@ class QuestionIndex:
             return hit
         found = self._match(question, options, hint)
         q = found[0].question
-        if q is not None and found[0].kind in ("exact", "unescaped", "options") and len(self._by_text.get(_norm(q.question), ())) == 1:
+        if (
+            q is not None
+            and found[0].kind in ("exact", "unescaped", "options")
+            and len(self._by_text.get(_norm(q.question), ())) == 1
+        ):
             self._cache[key] = found
         return found
 
@@ -469,8 +479,9 @@ class FileReport:
     unmatched: list[int] = field(default_factory=list)  # record indices
 
 
-def interpret(raw: Sequence[RawRecord], name: LogName, log_file: str, index: QuestionIndex | None,
-              source: str) -> tuple[list[PaperRecord], FileReport]:
+def interpret(
+    raw: Sequence[RawRecord], name: LogName, log_file: str, index: QuestionIndex | None, source: str
+) -> tuple[list[PaperRecord], FileReport]:
     """Raw records of one file -> PaperRecords (+ what matched and what did not)."""
     rep = FileReport(log_file, source, name.model, name.bias, name.mitigation, name.ae, None, len(raw))
     kinds: Counter[str] = Counter()
@@ -509,21 +520,37 @@ def interpret(raw: Sequence[RawRecord], name: LogName, log_file: str, index: Que
             kinds[kind or "unmatched"] += 1
         stand_in = "" if qid else unmatched_id(clean)
         verdict = normalise_verdict(r.is_correct)
-        out.append(PaperRecord(
-            model=name.model, bias=name.bias, mitigation=name.mitigation, template_version=version,
-            ae=name.ae, log_file=log_file, index=r.index, prompt=r.prompt, response=r.response,
-            logged_is_correct=verdict, logged_is_correct_raw=r.is_correct, answer_idx=r.answer_idx,
-            question_id=qid, match=kind, escaped=escaped, target=planted.target if planted else None,
-            question_text=parts.question, demo_block=_demo_block(r.prompt, parts), stand_in_id=stand_in,
-            options=options,
-        ))
+        out.append(
+            PaperRecord(
+                model=name.model,
+                bias=name.bias,
+                mitigation=name.mitigation,
+                template_version=version,
+                ae=name.ae,
+                log_file=log_file,
+                index=r.index,
+                prompt=r.prompt,
+                response=r.response,
+                logged_is_correct=verdict,
+                logged_is_correct_raw=r.is_correct,
+                answer_idx=r.answer_idx,
+                question_id=qid,
+                match=kind,
+                escaped=escaped,
+                target=planted.target if planted else None,
+                question_text=parts.question,
+                demo_block=_demo_block(r.prompt, parts),
+                stand_in_id=stand_in,
+                options=options,
+            )
+        )
     rep.match_kinds = dict(sorted(kinds.items()))
     return out, rep
 
 
 def _demo_block(prompt: str, parts: PromptParts) -> str:
     head_end = prompt.find("\n\n")
-    return prompt[head_end + 2: parts.block_start] if 0 <= head_end < parts.block_start else ""
+    return prompt[head_end + 2 : parts.block_start] if 0 <= head_end < parts.block_start else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -600,13 +627,13 @@ class PaperLogs:
     def models(self) -> list[str]:
         return sorted({f.model for f in self.files})
 
-    def for_model(self, model: str) -> "PaperLogs":
-        return PaperLogs([r for r in self.records if r.model == model],
-                         [f for f in self.files if f.model == model])
+    def for_model(self, model: str) -> PaperLogs:
+        return PaperLogs([r for r in self.records if r.model == model], [f for f in self.files if f.model == model])
 
 
-def iter_paper_logs(paths: Iterable[str | os.PathLike[str]], questions: Sequence[Question] | None
-                    ) -> Iterator[tuple[FileReport, list[PaperRecord]]]:
+def iter_paper_logs(
+    paths: Iterable[str | os.PathLike[str]], questions: Sequence[Question] | None
+) -> Iterator[tuple[FileReport, list[PaperRecord]]]:
     """Each log file under `paths`, interpreted: (its report, its records), one file at a time.
 
     `questions` is MedQA's test split (None: no matching, question ids stay None).
@@ -658,8 +685,14 @@ def to_sample(rec: PaperRecord, n_options: int = 5) -> Sample:
     qid = rec.question_id or rec.stand_in_id or unmatched_id(rec.question_text)
     letters = "".join(rec.options) if rec.options else _OPTION_LETTERS[:n_options]
     # the paper's rule on the raw reply: the first character against the logged answer
-    paper = verdict(mode="generate", response=rec.response, logprobs=None, answer_idx=rec.answer_idx,
-                    letters=_OPTION_LETTERS, rule="paper")
+    paper = verdict(
+        mode="generate",
+        response=rec.response,
+        logprobs=None,
+        answer_idx=rec.answer_idx,
+        letters=_OPTION_LETTERS,
+        rule="paper",
+    )
     letter = paper.letter if paper.letter and paper.letter in letters else None
     if rec.ae:
         logged = rec.logged_is_correct
@@ -793,14 +826,22 @@ class _RunWriter:
             biases=sorted(sm.biases),
             mitigations=sorted(sm.mitigations),
             sample_id_scheme=SAMPLE_ID_SCHEME,
-            scoring={"plain": f"{PAPER_RULE}: first character of the reply == answer_idx; empty reply -> NR",
-                     "ae": f"{AE_RULE}: the logged verdict of the re-judging model (True/False/NR)"},
+            scoring={
+                "plain": f"{PAPER_RULE}: first character of the reply == answer_idx; empty reply -> NR",
+                "ae": f"{AE_RULE}: the logged verdict of the re-judging model (True/False/NR)",
+            },
             files=[_file_json(fr) for fr in sm.files],
             unmatched=sm.unmatched,
             conflicts=sm.conflicts,
-            totals={"samples": sm.samples, "files": len(sm.files), "matched": sm.matched,
-                    "unmatched": len(sm.unmatched), "escaped": sm.escaped, "duplicates": sm.duplicates,
-                    "conflicts": len(sm.conflicts)},
+            totals={
+                "samples": sm.samples,
+                "files": len(sm.files),
+                "matched": sm.matched,
+                "unmatched": len(sm.unmatched),
+                "escaped": sm.escaped,
+                "duplicates": sm.duplicates,
+                "conflicts": len(sm.conflicts),
+            },
         )
         write_json_atomic(out_dir / RUN_JSON, meta)
 
@@ -821,9 +862,12 @@ def _check_replaceable(out_dir: Path) -> None:
             raise ValueError(f"{out_dir}: holds a run of kind {kind!r}; import-logs only replaces paper-logs runs")
 
 
-def import_paper_logs(paths: Sequence[str | os.PathLike[str]], questions: Sequence[Question] | None,
-                      out: str | os.PathLike[str] | None = None,
-                      dataset: Mapping[str, Any] | None = None) -> list[ImportSummary]:
+def import_paper_logs(
+    paths: Sequence[str | os.PathLike[str]],
+    questions: Sequence[Question] | None,
+    out: str | os.PathLike[str] | None = None,
+    dataset: Mapping[str, Any] | None = None,
+) -> list[ImportSummary]:
     """Read the logs under `paths` and write one run per model (see `output_dirs` for where).
 
     Streams file by file into temp files beside the output; runs are moved into place only after

@@ -8,9 +8,10 @@ back to "gpt-4"). Unknown models cost 0 and are flagged, so `--max-cost` can ref
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from biasmed import _paths
 

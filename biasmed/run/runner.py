@@ -105,15 +105,30 @@ def cap_reply(ans: Answer, limit: int | None) -> Answer:
     return replace(ans, text=ans.text[:limit], truncated_chars=len(ans.text) - limit)
 
 
-def make_sample(prompt: Prompt, ans: Answer, model_spec: str, mode: str, cost: float,
-                cached: bool, turns: Sequence[Mapping[str, Any]] | None = None) -> Sample:
+def make_sample(
+    prompt: Prompt,
+    ans: Answer,
+    model_spec: str,
+    mode: str,
+    cost: float,
+    cached: bool,
+    turns: Sequence[Mapping[str, Any]] | None = None,
+) -> Sample:
     """The one Sample for one answered prompt, its verdict from `biasmed.scoring.verdict`.
     `turns`: a chain's per-turn detail (response, usage, cost, cached); `ans` is its last turn."""
     it, q = prompt.item, prompt.item.question
     letters = "".join(prompt.choices)
-    v = verdict(mode=mode, response=ans.text, logprobs=ans.logprobs, answer_idx=q.answer_idx,
-                letters=letters, options=q.options, failed=ans.error is not None,
-                rule=SCORING_RULE, answer_format=prompt.answer_format)
+    v = verdict(
+        mode=mode,
+        response=ans.text,
+        logprobs=ans.logprobs,
+        answer_idx=q.answer_idx,
+        letters=letters,
+        options=q.options,
+        failed=ans.error is not None,
+        rule=SCORING_RULE,
+        answer_format=prompt.answer_format,
+    )
     extra: dict[str, Any] = {}
     if prompt.answer_format != "letter":
         extra["answer_format"] = prompt.answer_format
@@ -121,8 +136,16 @@ def make_sample(prompt: Prompt, ans: Answer, model_spec: str, mode: str, cost: f
     if turns:
         extra["kind"] = prompt.kind
         extra["turns"] = [dict(t) for t in turns]
-        first = verdict(mode=mode, response=turns[0].get("response"), logprobs=None, answer_idx=q.answer_idx,
-                        letters=letters, options=q.options, rule=SCORING_RULE, answer_format=prompt.formats[0])
+        first = verdict(
+            mode=mode,
+            response=turns[0].get("response"),
+            logprobs=None,
+            answer_idx=q.answer_idx,
+            letters=letters,
+            options=q.options,
+            rule=SCORING_RULE,
+            answer_format=prompt.formats[0],
+        )
         extra["first_letter"] = first.letter
         if len(turns) == prompt.turns and ans.error is None:
             extra["change"] = chain_change(first.letter, v.letter, it.target)
@@ -256,11 +279,19 @@ def _question_groups(prompts: Sequence[Prompt]) -> Iterator[list[Prompt]]:
 
 # -- the runner ------------------------------------------------------------------------------------
 class Runner:
-    def __init__(self, model: Model, params: GenParams, writer: Any, *, cache: Any = None,
-                 price: Any = None, config: RunConfig | None = None,
-                 errors_path: str | os.PathLike[str] | None = None,
-                 on_progress: Callable[[RunStats], None] | None = None,
-                 any_success_before: bool = False):
+    def __init__(
+        self,
+        model: Model,
+        params: GenParams,
+        writer: Any,
+        *,
+        cache: Any = None,
+        price: Any = None,
+        config: RunConfig | None = None,
+        errors_path: str | os.PathLike[str] | None = None,
+        on_progress: Callable[[RunStats], None] | None = None,
+        any_success_before: bool = False,
+    ):
         self.model = model
         self.params = params
         self.writer = writer
@@ -431,10 +462,17 @@ class Runner:
     def _turn(self, tp: Prompt, ans: Answer, key: str, cached: bool, turns: list[dict[str, Any]]) -> float:
         """Account one answered chain turn and append its detail to `turns`; returns its cost."""
         cost = self._account(tp, ans, key, cached)
-        turns.append({"response": ans.text, "usage": dict(ans.usage or {}), "cost_usd": round(cost, 8),
-                      "cached": cached, "format": tp.formats[len(turns)],
-                      **({"finish_reason": ans.finish_reason} if ans.finish_reason else {}),
-                      **({"error": ans.error} if ans.error else {})})
+        turns.append(
+            {
+                "response": ans.text,
+                "usage": dict(ans.usage or {}),
+                "cost_usd": round(cost, 8),
+                "cached": cached,
+                "format": tp.formats[len(turns)],
+                **({"finish_reason": ans.finish_reason} if ans.finish_reason else {}),
+                **({"error": ans.error} if ans.error else {}),
+            }
+        )
         return cost
 
     async def _prepare(self) -> None:
@@ -455,8 +493,9 @@ class Runner:
         while True:
             if self._stop or self._fatal:
                 return None
-            if cfg.max_cost is not None and (cfg.spent_before + self.stats.cost_usd + self._reserved
-                                             + est_cost > cfg.max_cost):
+            if cfg.max_cost is not None and (
+                cfg.spent_before + self.stats.cost_usd + self._reserved + est_cost > cfg.max_cost
+            ):
                 self._stop = self._stop or "max-cost"
                 return None
             self._reserved += est_cost
@@ -547,8 +586,9 @@ class Runner:
             while alive:
                 tps = [(p, p.at_turn(tuple(replies[p.sample_id]))) for p in alive]
                 keys = {p.sample_id: self.key(tp) for p, tp in tps}
-                hits = ({} if self.cache is None or self.config.refresh_cache
-                        else self.cache.get_many(set(keys.values())))
+                hits = (
+                    {} if self.cache is None or self.config.refresh_cache else self.cache.get_many(set(keys.values()))
+                )
                 unique: dict[str, Prompt] = {}
                 for p, tp in tps:
                     if keys[p.sample_id] not in hits:
@@ -583,8 +623,9 @@ class Runner:
         cost = self._account(p, ans, key, cached)
         self._write(p, ans, cost, None, cached)
 
-    def _write(self, p: Prompt, ans: Answer, cost: float, turns: list[dict[str, Any]] | None,
-               cached: bool | None = None) -> None:
+    def _write(
+        self, p: Prompt, ans: Answer, cost: float, turns: list[dict[str, Any]] | None, cached: bool | None = None
+    ) -> None:
         if cached is None:
             cached = bool(turns) and all(t["cached"] for t in turns or ())
         if cached:
@@ -624,8 +665,10 @@ class Runner:
     def _fail(self, p: Prompt, reason: str) -> None:
         self.stats.failed += 1
         if self.errors_path is not None:
-            line = json.dumps({"sample_id": p.sample_id, "prompt_sha256": p.sha256, "error": reason,
-                               "time": time.time()}) + "\n"
+            line = (
+                json.dumps({"sample_id": p.sample_id, "prompt_sha256": p.sha256, "error": reason, "time": time.time()})
+                + "\n"
+            )
             with open(self.errors_path, "a", encoding="utf-8") as f:
                 f.write(line)
         self._notify()
@@ -640,11 +683,19 @@ class Runner:
             return RunResult("fatal", self._fatal, s)
         if self._stop == "max-cost":
             spent = self.config.spent_before + s.cost_usd
-            return RunResult("max-cost", f"stopped at --max-cost ${self.config.max_cost:g} "
-                                         f"(spent ${spent:.4f} so far); raise it and run again to continue", s)
+            return RunResult(
+                "max-cost",
+                f"stopped at --max-cost ${self.config.max_cost:g} "
+                f"(spent ${spent:.4f} so far); raise it and run again to continue",
+                s,
+            )
         if self._stop == "interrupted":
             return RunResult("interrupted", "interrupted", s)
         if s.failed:
-            return RunResult("incomplete", f"{s.failed} sample(s) still failing after retries "
-                                           f"(see {ERRORS_FILE}); run the same command again to retry them", s)
+            return RunResult(
+                "incomplete",
+                f"{s.failed} sample(s) still failing after retries "
+                f"(see {ERRORS_FILE}); run the same command again to retry them",
+                s,
+            )
         return RunResult("complete", None, s)
