@@ -493,36 +493,16 @@ async def run_folder(
                 prompts, out, m, params, price, cache, spec, s.max_tokens or s.mitigation_set().answer_line_max_tokens
             )
             return RunOutcome(out, "dry-run", None, {}, RunStats(), plan=plan)
-        return await _run(
-            m, spec, provider, s, prompts, manifest, meta_new, out, price, cache, is_demo, on_progress, on_start
-        )
+        # one writer per folder, for the whole run: a second run stops here, naming this one
+        with RunLock(out) as lock:
+            if lock.took_over:
+                log.info(f"took over the lock of {out} left by {lock.took_over} (no longer running)")
+            return await _run_locked(
+                m, spec, provider, s, prompts, manifest, meta_new, out, price, cache, is_demo, on_progress, on_start
+            )
     finally:
         if cache is not None:
             cache.close()
-
-
-async def _run(
-    m: Model,
-    spec: str,
-    provider: str,
-    s: RunSettings,
-    prompts: list[Prompt],
-    manifest: Mapping[str, Any],
-    meta_new: dict[str, Any],
-    out: Path,
-    price: Price | None,
-    cache: ResponseCache | None,
-    is_demo: bool,
-    on_progress: Callable[[RunStats], None] | None,
-    on_start: Callable[[int], None] | None,
-) -> RunOutcome:
-    # one writer per folder, for the whole run: a second run stops here, naming this one
-    with RunLock(out) as lock:
-        if lock.took_over:
-            log.info(f"took over the lock of {out} left by {lock.took_over} (no longer running)")
-        return await _run_locked(
-            m, spec, provider, s, prompts, manifest, meta_new, out, price, cache, is_demo, on_progress, on_start
-        )
 
 
 async def _run_locked(
