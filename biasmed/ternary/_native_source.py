@@ -291,12 +291,14 @@ T512 static void cols_512(const int8_t* x, const int32_t* xsum, const uint8_t* w
 T512 static void rows_512(int mr, const int8_t* x, const int32_t* xsum, const uint8_t* w, i64 n0, i64 n1,
                           const Shape& s, int32_t* out, i64 ldo) {
     switch (mr) {
-        case 1: return cols_512<1, 16>(x, xsum, w, n0, n1, s, out, ldo);
+        case 1: return cols_512<1, 8>(x, xsum, w, n0, n1, s, out, ldo);
         case 2: return cols_512<2, 8>(x, xsum, w, n0, n1, s, out, ldo);
         default: return cols_512<3, 4>(x, xsum, w, n0, n1, s, out, ldo);
     }
 }
 
+// (m = 1 takes 8 weight rows at a time: with 16 the weights streamed from DRAM at half the rate
+// when they were not in cache, e.g. the 8 MB lm_head of a decode step.)
 // Blocks of 4 activation rows x 4 weight rows (measured on Zen 4: 4 x 4 needs one activation
 // load per 4 vpdpbusd and reached 140-190 GMAC/s; 8 x 2 decodes less but loads twice as often
 // and stayed at 100-130). Weight rows are the outer loop within a chunk of activation rows, so
