@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from biasmed.models.base import FatalRunError
-from biasmed.models.hf import LocalCausalLM, _common_options, folder_identity, resolve_dtype, resolve_device
+from biasmed.models.hf import LocalCausalLM, _common_options, folder_identity, resolve_device, resolve_dtype
 
 
 @dataclass(eq=False)
@@ -71,12 +71,14 @@ def make_mmfree(rest: str, **opts: Any) -> RecurrentLM:
     """`mmfree:<folder or hub id>`; options as `hf:` plus `packed` (default true)."""
     source, identity = _source("mmfree", rest)
     packed = str(opts.get("packed", True)).lower() not in ("0", "false", "no")
-    return RecurrentLM(spec=f"mmfree:{rest}", source=source, identity=identity, family="mmfree",
-                       packed=packed, **_common_options(opts))
+    return RecurrentLM(
+        spec=f"mmfree:{rest}", source=source, identity=identity, family="mmfree", packed=packed, **_common_options(opts)
+    )
 
 
 def make_spikegpt(rest: str, **opts: Any) -> RecurrentLM:
     """`spikegpt:<folder, .pth file or hub id>`; options as `hf:`."""
     source, identity = _source("spikegpt", rest)
-    return RecurrentLM(spec=f"spikegpt:{rest}", source=source, identity=identity, family="spikegpt",
-                       **_common_options(opts))
+    return RecurrentLM(
+        spec=f"spikegpt:{rest}", source=source, identity=identity, family="spikegpt", **_common_options(opts)
+    )

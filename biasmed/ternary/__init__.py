@@ -86,9 +86,7 @@ def load_mmfree(
     """
     from transformers import AutoTokenizer
 
-    model = HGRNBitForCausalLM.from_pretrained(
-        path_or_hub_id, dtype=_resolve_dtype(dtype), **from_pretrained_kwargs
-    )
+    model = HGRNBitForCausalLM.from_pretrained(path_or_hub_id, dtype=_resolve_dtype(dtype), **from_pretrained_kwargs)
     model.set_ternary_backend(backend)
     if packed:
         model.to_ternary()

@@ -210,9 +210,7 @@ class HGRNBitCache:
         return self.seen_tokens
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.states = [
-            None if s is None else s.index_select(0, beam_idx.to(s.device)) for s in self.states
-        ]
+        self.states = [None if s is None else s.index_select(0, beam_idx.to(s.device)) for s in self.states]
 
     def nbytes(self) -> int:
         return sum(s.numel() * s.element_size() for s in self.states if s is not None)

@@ -141,9 +141,7 @@ def ternary_matmul(x_q: torch.Tensor, w: PackedTernary, backend: str = "auto") -
     return out.reshape(*lead, w.out_features)
 
 
-def ternary_linear(
-    x_q: torch.Tensor, x_scale: torch.Tensor, w: PackedTernary, backend: str = "auto"
-) -> torch.Tensor:
+def ternary_linear(x_q: torch.Tensor, x_scale: torch.Tensor, w: PackedTernary, backend: str = "auto") -> torch.Tensor:
     """Dequantized BitLinear output for int8 ``x_q [..., K]`` and its per-token scale ``[..., 1]``.
 
     float32 (float64 on the reference path when ``x_scale`` is float64)."""

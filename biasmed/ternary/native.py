@@ -109,8 +109,9 @@ class NativeKernel:
             raise MemoryError("native ternary kernel: out of memory")
         return out
 
-
-    def hgrn_scan_f32(self, i: torch.Tensor, f: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def hgrn_scan_f32(
+        self, i: torch.Tensor, f: torch.Tensor, h0: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """HGRN's ``h_t = f_t * h_{t-1} + i_t`` (fused multiply-add) over dim 1 of float32 ``[B, T, D]``: all ``h`` and the last.
 
         One rounding per step, like torch.addcmul on CPU in the PyTorch loop
@@ -118,8 +119,9 @@ class NativeKernel:
         """
         bsz, seq, dim = i.shape
         if f.shape != i.shape or i.dtype != torch.float32 or f.dtype != torch.float32:
-            raise ValueError(f"expected two float32 [B, T, D] tensors, got {i.dtype} {tuple(i.shape)}, "
-                             f"{f.dtype} {tuple(f.shape)}")
+            raise ValueError(
+                f"expected two float32 [B, T, D] tensors, got {i.dtype} {tuple(i.shape)}, {f.dtype} {tuple(f.shape)}"
+            )
         i, f = i.contiguous(), f.contiguous()
         h = torch.zeros(bsz, dim) if h0 is None else h0.to(torch.float32).reshape(bsz, dim).clone()
         out = torch.empty_like(i)
@@ -209,8 +211,9 @@ def _open(path: Path) -> NativeKernel:
 
 def _unavailable(reason: str) -> None:
     # One line, once per process (load() is cached): the run goes on with the reference kernel.
-    sys.stderr.write(f"biasmed: warning: native ternary kernel unavailable ({reason}); "
-                     "using the slower PyTorch reference kernel\n")
+    sys.stderr.write(
+        f"biasmed: warning: native ternary kernel unavailable ({reason}); using the slower PyTorch reference kernel\n"
+    )
 
 
 @functools.cache

@@ -145,7 +145,7 @@ def _launch(
     else:
         out = torch.empty(m, n, dtype=torch.float32, device=x_q.device)
     xs = x_scale.reshape(-1).float().contiguous() if dequant and x_scale is not None else out  # dummy pointer otherwise
-    ws = (w.scale.reshape(1).float().to(x_q.device) if dequant else out)
+    ws = w.scale.reshape(1).float().to(x_q.device) if dequant else out
     grid = (triton.cdiv(m, cfg.block_m), triton.cdiv(n, cfg.block_n), cfg.split_k)
     _kernel()[grid](
         x_q, data, xs, ws, out, m, n, k, kq,
@@ -159,9 +159,7 @@ def _launch(
     return out
 
 
-def ternary_matmul_triton(
-    x_q: torch.Tensor, w: PackedTernary, config: LaunchConfig | None = None
-) -> torch.Tensor:
+def ternary_matmul_triton(x_q: torch.Tensor, w: PackedTernary, config: LaunchConfig | None = None) -> torch.Tensor:
     """Exact int32 ``x_q [M, K] @ trits^T`` computed from the packed bytes."""
     return _launch(x_q, w, None, config)
 
@@ -205,4 +203,3 @@ def compile_ahead(config: LaunchConfig, dequant: bool = True, arch: int = 90) ->
     source = ASTSource(fn=JITFunction(_kernel().fn), signature=signature, constexprs=constexprs)
     options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
     return dict(triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options).asm)
-

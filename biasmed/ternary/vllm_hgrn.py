@@ -60,10 +60,10 @@ class _Norm(nn.Module):
 class BitLinear(ReplicatedLinear):
     """RMSNorm on the input, then a linear layer served by the ``ternary`` method."""
 
-    def __init__(self, in_features: int, out_features: int, quant_config: QuantizationConfig,
-                 prefix: str) -> None:
-        super().__init__(in_features, out_features, bias=False, quant_config=quant_config,
-                         prefix=prefix, return_bias=False)
+    def __init__(self, in_features: int, out_features: int, quant_config: QuantizationConfig, prefix: str) -> None:
+        super().__init__(
+            in_features, out_features, bias=False, quant_config=quant_config, prefix=prefix, return_bias=False
+        )
         self.norm = _Norm(in_features, BITLINEAR_NORM_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,8 +142,7 @@ class HGRNBitModel(nn.Module):
                 torch.zeros(config.num_hidden_layers, config.hidden_size), requires_grad=False
             )
         self.layers = nn.ModuleList(
-            HGRNBitBlock(config, i, quant_config, f"{prefix}.layers.{i}")
-            for i in range(config.num_hidden_layers)
+            HGRNBitBlock(config, i, quant_config, f"{prefix}.layers.{i}") for i in range(config.num_hidden_layers)
         )
         self.norm = _Norm(config.hidden_size, config.rms_norm_eps)
 

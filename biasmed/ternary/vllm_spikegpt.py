@@ -66,9 +66,7 @@ class VllmSpikeGPTForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
         self.blocks = nn.ModuleList(SpikeGPTBlock(config, i) for i in range(config.num_hidden_layers))
         self.ln_out = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.states = nn.ModuleList(
-            SpikeGPTState(config, f"{base}states.{i}") for i in range(config.num_hidden_layers)
-        )
+        self.states = nn.ModuleList(SpikeGPTState(config, f"{base}states.{i}") for i in range(config.num_hidden_layers))
 
     def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.emb(input_ids)
@@ -102,7 +100,7 @@ class VllmSpikeGPTForCausalLM(nn.Module, HasInnerState, IsAttentionFree):
         for name, tensor in weights:
             for wrapper in ("module.", "_orig_mod."):  # DDP / torch.compile prefixes
                 if name.startswith(wrapper):
-                    name = name[len(wrapper):]
+                    name = name[len(wrapper) :]
             if name not in params:
                 raise KeyError(f"SpikeGPT checkpoint has an unexpected tensor: {name}")
             param = params[name]

@@ -103,10 +103,7 @@ class RecurrentStateLayer(torch.nn.Module, MambaBase):
         """Each state as ``[batch, *shape]``: the slot's value, or fresh for a new sequence."""
         states = []
         for k in range(len(self._state_shapes)):
-            rows = [
-                self.kv_cache[k][s.slot].clone() if s.continues else self.fresh_state(k)
-                for s in group.seqs
-            ]
+            rows = [self.kv_cache[k][s.slot].clone() if s.continues else self.fresh_state(k) for s in group.seqs]
             states.append(torch.stack(rows).to(self._state_dtype))
         return states
 

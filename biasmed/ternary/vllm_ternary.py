@@ -79,9 +79,7 @@ class TernaryLinearMethod(LinearMethodBase):
         weight_loader = extra_weight_attrs.pop("weight_loader")
         # The latent weight lives only until process_weights_after_loading packs it. A plain
         # Parameter (not vLLM's sharded parameter classes): the layer is never split across ranks.
-        weight = torch.nn.Parameter(
-            torch.empty(output_size, input_size, dtype=params_dtype), requires_grad=False
-        )
+        weight = torch.nn.Parameter(torch.empty(output_size, input_size, dtype=params_dtype), requires_grad=False)
         layer.register_parameter("weight", weight)
         set_weight_attrs(weight, {"input_dim": 1, "output_dim": 0, "weight_loader": weight_loader})
         set_weight_attrs(weight, extra_weight_attrs)
@@ -99,9 +97,7 @@ class TernaryLinearMethod(LinearMethodBase):
         layer.weight_scale = torch.nn.Parameter(row_scale.float().contiguous(), requires_grad=False)
         del layer.weight  # free the latent weight: only the packed copy stays in memory
 
-    def apply(
-        self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         out = ternary_forward(layer, x)
         if bias is not None:
             out = out + bias.float()
