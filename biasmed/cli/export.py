@@ -6,6 +6,9 @@ same options as `biasmed build`.
 
 from __future__ import annotations
 
+import json
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -113,42 +116,18 @@ def export_cmd(
 
     with user_errors():
         ms = load_mitigation_set(mitigation_file or ())
+        b = _Build(
+            data, medqa, split, options, biases, template_version, seed, mitigations, target_mode, limit, bias_file, ms
+        )
         # per turn, as `biasmed run`: a given --max-tokens applies to every turn
         tokens = {
             "max_tokens": max_tokens or DEFAULT_MAX_TOKENS,
             "answer_line_max_tokens": max_tokens or ms.answer_line_max_tokens,
         }
         if to == "hf":
-            out, note = _export_hf(
-                dest,
-                data,
-                medqa,
-                split,
-                options,
-                biases,
-                template_version,
-                seed,
-                mitigations,
-                target_mode,
-                limit,
-                bias_file,
-                ms,
-            )
+            out, note = _export_hf(dest, b)
         else:
-            source, is_demo = _source(
-                data,
-                medqa,
-                split,
-                options,
-                biases,
-                template_version,
-                seed,
-                mitigations,
-                target_mode,
-                limit,
-                bias_file,
-                ms,
-            )
+            source, is_demo = _source(b)
             r = role or DEFAULT_ROLE[to]
             if to == "lm-eval":
                 out = export_lmeval(source, dest, group=name, role=r, temperature=temperature, **tokens)
@@ -161,108 +140,84 @@ def export_cmd(
     typer.echo(f"wrote {to} export to {out}; {note}", err=True)
 
 
-def _source(
-    data: Path | None,
-    medqa: str | None,
-    split: str | None,
-    options: int | None,
-    biases: str | None,
-    template_version: str | None,
-    seed: int | None,
-    mitigations: str | None,
-    target_mode: str | None,
-    limit: int | None,
-    bias_file: list[Path] | None,
-    ms: MitigationSet,
-) -> tuple[Any, bool]:
+@dataclass(frozen=True)
+class _Build:
+    """The options that choose the prompts: `--data FILE`, or `biasmed build`'s (None: its default)."""
+
+    data: Path | None
+    medqa: str | None
+    split: str | None
+    options: int | None
+    biases: str | None
+    template_version: str | None
+    seed: int | None
+    mitigations: str | None
+    target_mode: str | None
+    limit: int | None
+    bias_file: list[Path] | None
+    ms: MitigationSet
+
+    def mits(self) -> list[str]:
+        return parse_mitigations(self.mitigations, self.ms)
+
+    def benchmark(self) -> Any:
+        mits = self.mits()
+        questions, pool, templates = load_sources(
+            self.medqa,
+            self.split or "test",
+            self.options or 5,
+            mits,
+            self.template_version or "paper-2024",
+            self.bias_file,
+        )
+        return build_benchmark(
+            questions,
+            self.biases,
+            templates,
+            self.seed or 0,
+            mits,
+            pool,
+            self.target_mode or "incorrect",
+            limit=self.limit,
+            mitigation_set=self.ms,
+        )
+
+
+def _source(b: _Build) -> tuple[Any, bool]:
     """The prompts to export (a Benchmark, or a filtered list from --data) and whether demo."""
-
-    mits = parse_mitigations(mitigations, ms)
-    if data is not None:
-        prompts = read_benchmark_file(data, mits if mitigations else None)
-        wanted = split_list(biases)
-        if wanted and wanted != ["all"]:
-            keep = set(wanted) | {"none"}
-            prompts = [p for p in prompts if p.item.bias in keep]
-        if limit:
-            qids = set(list(dict.fromkeys(p.item.question.id for p in prompts))[:limit])
-            prompts = [p for p in prompts if p.item.question.id in qids]
-        if not prompts:
-            raise ValueError(f"{data}: no prompts left to export (check --biases / --mitigations)")
-        return prompts, _demo_file(data)
-    bench = _build(medqa, split, options, biases, template_version, seed, mits, target_mode, limit, bias_file, ms)
-    return bench, bench.questions.is_demo
-
-
-def _build(
-    medqa: str | None,
-    split: str | None,
-    options: int | None,
-    biases: str | None,
-    template_version: str | None,
-    seed: int | None,
-    mits: list[str],
-    target_mode: str | None,
-    limit: int | None,
-    bias_file: list[Path] | None,
-    ms: MitigationSet,
-) -> Any:
-
-    questions, pool, templates = load_sources(
-        medqa, split or "test", options or 5, mits, template_version or "paper-2024", bias_file
-    )
-    return build_benchmark(
-        questions, biases, templates, seed or 0, mits, pool, target_mode or "incorrect", limit=limit, mitigation_set=ms
-    )
+    if b.data is None:
+        bench = b.benchmark()
+        return bench, bench.questions.is_demo
+    prompts = read_benchmark_file(b.data, b.mits() if b.mitigations else None)
+    wanted = split_list(b.biases)
+    if wanted and wanted != ["all"]:
+        keep = set(wanted) | {"none"}
+        prompts = [p for p in prompts if p.item.bias in keep]
+    if b.limit:
+        qids = set(list(dict.fromkeys(p.question_id for p in prompts))[: b.limit])
+        prompts = [p for p in prompts if p.question_id in qids]
+    if not prompts:
+        raise ValueError(f"{b.data}: no prompts left to export (check --biases / --mitigations)")
+    return prompts, _demo_file(b.data)
 
 
 def _demo_file(data: Path) -> bool:
-    import json
-
     man = data.with_name(data.name.removesuffix(".jsonl") + ".manifest.json")
     if not man.is_file():
         return False
     return bool((json.loads(man.read_text("utf-8")).get("dataset") or {}).get("is_demo"))
 
 
-def _export_hf(
-    dest: Path,
-    data: Path | None,
-    medqa: str | None,
-    split: str | None,
-    options: int | None,
-    biases: str | None,
-    template_version: str | None,
-    seed: int | None,
-    mitigations: str | None,
-    target_mode: str | None,
-    limit: int | None,
-    bias_file: list[Path] | None,
-    ms: MitigationSet,
-) -> tuple[Path, str]:
-    import tempfile
-
-    if data is not None:
-        if biases or mitigations or limit:
+def _export_hf(dest: Path, b: _Build) -> tuple[Path, str]:
+    if b.data is not None:
+        if b.biases or b.mitigations or b.limit:
             raise ValueError(
                 "--to hf --data exports the file as it is; select biases, mitigations and "
                 "questions with `biasmed build` instead"
             )
-        save_hf_dataset(data, dest)
+        save_hf_dataset(b.data, dest)
     else:
-        bench = _build(
-            medqa,
-            split,
-            options,
-            biases,
-            template_version,
-            seed,
-            parse_mitigations(mitigations, ms),
-            target_mode,
-            limit,
-            bias_file,
-            ms,
-        )
+        bench = b.benchmark()
         with tempfile.TemporaryDirectory(prefix="biasmed-export-") as tmp:
             jsonl = Path(tmp) / "biasmedqa.jsonl"
             write_benchmark(bench, jsonl)
