@@ -26,13 +26,29 @@ KEY = "sk-test-faults-0123456789"
 
 
 def _args(url: str, out: Path, *extra: str, limit: int = 2) -> list[str]:
-    return ["run", "--model", "openai:gpt-test", "--base-url", url + "/v1", "--limit", str(limit),
-            "--out", str(out), "--quiet", *extra]
+    return [
+        "run",
+        "--model",
+        "openai:gpt-test",
+        "--base-url",
+        url + "/v1",
+        "--limit",
+        str(limit),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _proc(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "from biasmed.cli import main; main()", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", "from biasmed.cli import main; main()", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -48,29 +64,33 @@ def _ids(samples: Path) -> list[str]:
 
 # --------------------------------------------------------------------------- settings
 
-@pytest.mark.parametrize("extra, message", [
-    (["--limit", "0"], "--limit: must be at least 1"),
-    (["--limit", "-1"], "--limit: must be at least 1"),
-    (["--draws", "0"], "--draws: must be at least 1"),
-    (["--temperature", "nan"], "--temperature: must be a finite number"),
-    (["--temperature", "-0.5"], "--temperature: must be >= 0"),
-    (["--timeout", "nan"], "--timeout: must be a finite number"),
-    (["--timeout", "0"], "--timeout: must be > 0"),
-    (["--rpm", "0"], "--rpm: must be > 0"),
-    (["--rpm", "-5"], "--rpm: must be > 0"),
-    (["--tpm", "0"], "--tpm: must be > 0"),
-    (["--max-cost", "nan"], "--max-cost: must be a finite number"),
-    (["--max-cost", "-1"], "--max-cost: must be >= 0"),
-    (["--concurrency", "0"], "--concurrency: must be at least 1"),
-    (["--max-response-chars", "0"], "--max-response-chars: must be at least 1"),
-    (["--biases", ""], "--biases: is empty"),
-    (["--mitigations", ""], "--mitigations: is empty"),
-    (["--mitigations", "nope"], "--mitigations: unknown mitigation 'nope'"),
-    (["--biases", "nope"], "unknown bias 'nope'"),
-    (["--split", "train"], "--split: must be one of test, dev"),
-    (["--template-version", "paper-1999"], "--template-version: must be one of"),
-    (["--target-mode", "sideways"], "--target-mode: must be one of"),
-])
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--limit", "0"], "--limit: must be at least 1"),
+        (["--limit", "-1"], "--limit: must be at least 1"),
+        (["--draws", "0"], "--draws: must be at least 1"),
+        (["--temperature", "nan"], "--temperature: must be a finite number"),
+        (["--temperature", "-0.5"], "--temperature: must be >= 0"),
+        (["--timeout", "nan"], "--timeout: must be a finite number"),
+        (["--timeout", "0"], "--timeout: must be > 0"),
+        (["--rpm", "0"], "--rpm: must be > 0"),
+        (["--rpm", "-5"], "--rpm: must be > 0"),
+        (["--tpm", "0"], "--tpm: must be > 0"),
+        (["--max-cost", "nan"], "--max-cost: must be a finite number"),
+        (["--max-cost", "-1"], "--max-cost: must be >= 0"),
+        (["--concurrency", "0"], "--concurrency: must be at least 1"),
+        (["--max-response-chars", "0"], "--max-response-chars: must be at least 1"),
+        (["--biases", ""], "--biases: is empty"),
+        (["--mitigations", ""], "--mitigations: is empty"),
+        (["--mitigations", "nope"], "--mitigations: unknown mitigation 'nope'"),
+        (["--biases", "nope"], "unknown bias 'nope'"),
+        (["--split", "train"], "--split: must be one of test, dev"),
+        (["--template-version", "paper-1999"], "--template-version: must be one of"),
+        (["--target-mode", "sideways"], "--target-mode: must be one of"),
+    ],
+)
 def test_bad_setting_is_one_line_exit_2_and_nothing_written(tmp_path, env, extra, message):
     out = tmp_path / "run"
     r = CliRunner().invoke(app, _args("http://127.0.0.1:9", out, *extra))
@@ -105,9 +125,18 @@ def test_out_on_a_read_only_file_system_is_one_line(tmp_path, env):
 
 def test_debug_shows_the_traceback_and_the_line(tmp_path, env):
     for flag, extra_env in ((["--debug"], {}), ([], {"BIASMED_DEBUG": "1"})):
-        p = subprocess.run([sys.executable, "-c", "from biasmed.cli import main; main()", *flag,
-                            *_args("http://127.0.0.1:9", tmp_path / "run", "--limit", "0")],
-                           env={**env, **extra_env}, capture_output=True, text=True)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from biasmed.cli import main; main()",
+                *flag,
+                *_args("http://127.0.0.1:9", tmp_path / "run", "--limit", "0"),
+            ],
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+        )
         assert p.returncode == 2 and "Traceback" in p.stderr, p.stderr
         assert p.stderr.strip().splitlines()[-1] == "biasmed: error: --limit: must be at least 1"
 
@@ -115,8 +144,10 @@ def test_debug_shows_the_traceback_and_the_line(tmp_path, env):
 def test_markup_in_a_model_spec_is_shown_as_typed(tmp_path, env):
     out = tmp_path / "run"
     with FakeAPI(api_key=KEY) as api:
-        r = CliRunner().invoke(app, ["run", "--model", "openai:[bold]x[/]", "--base-url", api.url + "/v1",
-                                     "--limit", "1", "--out", str(out)])
+        r = CliRunner().invoke(
+            app,
+            ["run", "--model", "openai:[bold]x[/]", "--base-url", api.url + "/v1", "--limit", "1", "--out", str(out)],
+        )
     assert r.exit_code == 0, r.output
     assert json.loads((out / "run.json").read_text())["model"] == "openai:[bold]x[/]"
     from biasmed.cli.run import _ProgressView  # the progress bar's label goes through rich markup
@@ -130,6 +161,7 @@ def test_markup_in_a_model_spec_is_shown_as_typed(tmp_path, env):
 
 # --------------------------------------------------------------------------- one writer
 
+
 def test_second_writer_exits_2_naming_the_first_and_nothing_is_doubled(tmp_path, env):
     out = tmp_path / "run"
     with FakeAPI(api_key=KEY) as api:
@@ -140,8 +172,13 @@ def test_second_writer_exits_2_naming_the_first_and_nothing_is_doubled(tmp_path,
             assert first.poll() is None, first.communicate()
             assert time.monotonic() - t0 < 60
             time.sleep(0.02)
-        second = subprocess.run([sys.executable, "-c", "from biasmed.cli import main; main()", *_args(api.url, out)],
-                                env=env, capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-c", "from biasmed.cli import main; main()", *_args(api.url, out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2, second.stderr
         (line,) = [x for x in second.stderr.splitlines() if x.startswith("biasmed: error: ")]
         assert f"pid {first.pid} on " in line and "another biasmed run is writing this folder" in line
@@ -157,6 +194,7 @@ def test_second_writer_exits_2_naming_the_first_and_nothing_is_doubled(tmp_path,
 
 # --------------------------------------------------------------------------- full disk
 
+
 def _mount_tmpfs(where: Path, size: str) -> None:
     where.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
@@ -171,8 +209,13 @@ def test_full_disk_stops_with_one_line_then_resume_completes(tmp_path, env):
     out = disk / "run"
     try:
         with FakeAPI(api_key=KEY) as api:
-            r = subprocess.run([sys.executable, "-c", "from biasmed.cli import main; main()",
-                                *_args(api.url, out, limit=6)], env=env, capture_output=True, text=True, timeout=120)
+            r = subprocess.run(
+                [sys.executable, "-c", "from biasmed.cli import main; main()", *_args(api.url, out, limit=6)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert r.returncode == 1, r.stderr
             (line,) = [x for x in r.stderr.splitlines() if x.startswith("biasmed: error: ")]
             assert "Traceback" not in r.stderr
@@ -182,13 +225,17 @@ def test_full_disk_stops_with_one_line_then_resume_completes(tmp_path, env):
             assert meta["status"] == "failed" and "ENOSPC" in meta["message"]
             partial = _ids(out / "samples.jsonl") if (out / "samples.jsonl").read_bytes().endswith(b"\n") else None
             subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
-            done = subprocess.run([sys.executable, "-c", "from biasmed.cli import main; main()",
-                                   *_args(api.url, out, limit=6)], env=env, capture_output=True, text=True,
-                                  timeout=120)
+            done = subprocess.run(
+                [sys.executable, "-c", "from biasmed.cli import main; main()", *_args(api.url, out, limit=6)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert done.returncode == 0, done.stderr
         ids = _ids(out / "samples.jsonl")
         assert len(ids) == len(set(ids)) == 48  # every sample exactly once
-        assert partial is None or ids[:len(partial)] == partial  # what the full disk kept was kept
+        assert partial is None or ids[: len(partial)] == partial  # what the full disk kept was kept
         assert json.loads((out / "run.json").read_text())["status"] == "complete"
         assert set(api.answered.values()) == {1}  # cache (elsewhere) + samples: nothing paid twice
     finally:
@@ -209,16 +256,26 @@ def test_file_size_limit_stops_with_one_line_then_resume_completes(tmp_path, env
     """RLIMIT_FSIZE works without root: no file can grow past 70 kB (samples.jsonl reaches it first)."""
     out = tmp_path / "run"
     with FakeAPI(api_key=KEY) as api:
-        r = subprocess.run([sys.executable, "-c", _FSIZE_CHILD, "70000", *_args(api.url, out, limit=6)],
-                           env=env, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-c", _FSIZE_CHILD, "70000", *_args(api.url, out, limit=6)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 1, r.stderr
         (line,) = [x for x in r.stderr.splitlines() if x.startswith("biasmed: error: ")]
         assert "Traceback" not in r.stderr and f"writing {out / 'samples.jsonl'};" in line
         assert "file too large (EFBIG)" in line and "nothing lost" in line, line
         assert json.loads((out / "run.json").read_text())["status"] == "failed"
         kept = _shas(out / "samples.jsonl")
-        done = subprocess.run([sys.executable, "-c", "from biasmed.cli import main; main()",
-                               *_args(api.url, out, limit=6)], env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-c", "from biasmed.cli import main; main()", *_args(api.url, out, limit=6)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
     ids = _ids(out / "samples.jsonl")
     assert len(ids) == len(set(ids)) == 48
@@ -228,6 +285,7 @@ def test_file_size_limit_stops_with_one_line_then_resume_completes(tmp_path, env
 
 
 # --------------------------------------------------------------------------- reply cap
+
 
 def test_long_replies_are_capped_and_marked_also_from_the_cache(tmp_path, env):
     prompts = build_benchmark(load_demo(), seed=0, limit=1).prompts()
@@ -247,6 +305,23 @@ def test_long_replies_are_capped_and_marked_also_from_the_cache(tmp_path, env):
             assert rec["cached"] is cached and rec["extracted"] == "B"
 
 
+def test_a_larger_cap_asks_again_instead_of_reusing_a_cut_reply(tmp_path, env):
+    prompts = build_benchmark(load_demo(), seed=0, limit=1).prompts()
+    long = "B: Bronchitis. " + "x" * 5_000
+    with FakeAPI(api_key=KEY) as api:
+        for p in prompts:
+            api.answers[p.sha256] = long
+        for run, cap in (("small", "1000"), ("large", "20000"), ("large-again", "20000")):
+            r = CliRunner().invoke(app, _args(api.url, tmp_path / run, "--max-response-chars", cap, limit=1))
+            assert r.exit_code == 0, r.output
+        # each prompt asked twice: once under the small cap, once more for its whole reply; never a third time
+        assert set(api.answered.values()) == {2}
+    for run, cached in (("large", False), ("large-again", True)):
+        recs = [json.loads(x) for x in (tmp_path / run / "samples.jsonl").read_text().splitlines()]
+        assert all(r["response"] == long and "truncated_chars" not in r["extra"] for r in recs)
+        assert all(r["cached"] is cached for r in recs)
+
+
 def test_replies_under_the_default_cap_are_untouched(tmp_path, env):
     with FakeAPI(api_key=KEY) as api:
         r = CliRunner().invoke(app, _args(api.url, tmp_path / "run", limit=1))
@@ -256,6 +331,7 @@ def test_replies_under_the_default_cap_are_untouched(tmp_path, env):
 
 
 # --------------------------------------------------------------------------- signals
+
 
 def test_sigterm_leaves_run_json_interrupted(tmp_path, env):
     out = tmp_path / "run"
@@ -273,6 +349,7 @@ def test_sigterm_leaves_run_json_interrupted(tmp_path, env):
 
 
 # --------------------------------------------------------------------------- kill -9, 20 times
+
 
 def _shas(samples: Path) -> set[str]:
     out = set()
@@ -314,8 +391,13 @@ def test_kill_9_at_20_seeded_random_moments_then_resume(tmp_path, env):
             for sha in set(api.answered) - before - _shas(samples):
                 lost[sha] = lost.get(sha, 0) + 1
         assert kills >= 15, f"only {kills} kills landed before the run ended"
-        done = subprocess.run([sys.executable, "-c", "from biasmed.cli import main; main()", *args], env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "-c", "from biasmed.cli import main; main()", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
     raw = samples.read_bytes()
     assert raw.endswith(b"\n")

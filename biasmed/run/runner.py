@@ -22,7 +22,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -358,10 +358,22 @@ class Runner:
         return self._result()
 
     # -- paths -------------------------------------------------------------------------------
+    def _cached(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The usable cache entries among `keys`. A reply cut by a smaller --max-response-chars
+        than this run's is not usable: asking again is the only way to the longer reply."""
+        if self.cache is None or self.config.refresh_cache:
+            return {}
+        cap = self.config.max_response_chars
+        return {
+            k: hit
+            for k, hit in self.cache.get_many(keys).items()
+            if not hit.get("truncated_chars") or (cap is not None and len(hit.get("text") or "") >= cap)
+        }
+
     def _from_cache(self, prompts: Sequence[Prompt], keys: Mapping[str, str]) -> list[Prompt]:
         if self.cache is None or self.config.refresh_cache:
             return list(prompts)
-        hits = self.cache.get_many(keys.values())
+        hits = self._cached(keys.values())
         todo = []
         for p in prompts:
             hit = hits.get(keys[p.sample_id])
@@ -438,9 +450,7 @@ class Runner:
         for t in range(p.turns):
             tp = p.at_turn(tuple(replies))
             key = self.key(tp)
-            hit = None
-            if self.cache is not None and not self.config.refresh_cache:
-                hit = self.cache.get_many([key]).get(key)
+            hit = self._cached([key]).get(key)
             if hit is not None:
                 ans, cached = Answer.from_cache(hit), True
             else:
@@ -586,9 +596,7 @@ class Runner:
             while alive:
                 tps = [(p, p.at_turn(tuple(replies[p.sample_id]))) for p in alive]
                 keys = {p.sample_id: self.key(tp) for p, tp in tps}
-                hits = (
-                    {} if self.cache is None or self.config.refresh_cache else self.cache.get_many(set(keys.values()))
-                )
+                hits = self._cached(set(keys.values()))
                 unique: dict[str, Prompt] = {}
                 for p, tp in tps:
                     if keys[p.sample_id] not in hits:
