@@ -19,6 +19,7 @@ from biasmed.errors import (
     RunIncomplete,
     RunInterrupted,
 )
+from biasmed.run.evaluate import split_list as split_list  # the one parser of comma lists
 
 T = TypeVar("T")
 
@@ -106,12 +107,6 @@ def stderr_console():
     from rich.console import Console
 
     return Console(stderr=True, highlight=False)
-
-
-def split_list(spec: str | None) -> list[str] | None:
-    if spec is None:
-        return None
-    return [s.strip() for s in spec.split(",") if s.strip()]
 
 
 def echo_err(msg: str) -> None:

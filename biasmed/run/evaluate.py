@@ -132,7 +132,7 @@ class RunSettings:
             raise InputError(f"unknown setting {unknown[0]!r} (settings: {', '.join(sorted(known))})")
         for name in ("biases", "mitigations"):
             if isinstance(kw.get(name), str):
-                kw[name] = _split(kw[name])
+                kw[name] = split_list(kw[name])
         return cls(**kw)
 
     def validate(self) -> None:
@@ -215,7 +215,8 @@ class RunSettings:
         return opts
 
 
-def _split(spec: str | None) -> list[str] | None:
+def split_list(spec: str | None) -> list[str] | None:
+    """A comma list as given on the command line (`a, b,` -> ["a", "b"])."""
     if spec is None:
         return None
     return [s.strip() for s in spec.split(",") if s.strip()]
