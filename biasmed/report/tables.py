@@ -27,16 +27,18 @@ if TYPE_CHECKING:
 
 def rich_tables(summary: Summary) -> list[Any]:
     """One rich Table per model: accuracy and its paired change vs unbiased, per bias x mitigation."""
+    from rich.console import Group
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    tables = []
+    tables: list[Any] = []
     for model, m in summary.main.groupby("model", sort=False):
         mits = [x for x in MITIGATIONS if x in set(m["mitigation"])] + sorted(set(m["mitigation"]) - set(MITIGATIONS))
         title = f"{plain(model)}: accuracy  Δ vs unbiased (paired)  [convention: {summary.convention}]"
         if summary.is_demo:
             title += "  DEMO SET, not MedQA"
-        t = Table(title=escape(title), title_justify="left", pad_edge=False)
+        t = Table(pad_edge=False)
         t.add_column("bias", no_wrap=True)
         for mit in mits:
             t.add_column(escape(plain(mit)), justify="right", no_wrap=True)
@@ -50,14 +52,16 @@ def rich_tables(summary: Summary) -> list[Any]:
                 r = r.iloc[0]
                 cell = short(r["accuracy"])
                 if not isnan(r["drop"]):
-                    cell += f" Δ{short(-r['drop'])}" + ("*" if r["significant"] else " ")
+                    change = -r["drop"]
+                    cell += f" Δ{'+' if change > 0 else ''}{short(change)}" + ("*" if r["significant"] else " ")
                 cells.append(cell)
             t.add_row(*cells)
-        t.caption = (
+        caption = (
             "Δ = accuracy − unbiased accuracy (no mitigation), same questions; * significant drop "
             "(exact McNemar, Holm). CIs: report.md / summary.csv"
         )
-        tables.append(t)
+        # title and caption as lines of their own: a table's title wraps to the table's width
+        tables.append(Group(Text(title, style="bold"), t, Text(caption, style="dim")))
         tables.extend(control_tables(summary, str(model)))
     return tables
 
