@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _html_fixture import BIASES, HOSTILE_MODEL, HOSTILE_REPLY, write_run  # tests/ is on sys.path
+from _html_fixture import (  # tests/ is on sys.path
+    BIASES,
+    CHAIN_SPEC,
+    FIRST_REPLY,
+    HOSTILE_MODEL,
+    HOSTILE_REPLY,
+    SECOND_REPLY,
+    write_chain_run,
+    write_run,
+)
 
 from biasmed.analysis.summary import summarize
 from biasmed.dataset.biases import load_templates
@@ -407,3 +416,133 @@ def test_report_command_writes_the_page(runs: list[Path], tmp_path: Path, run_cl
     res = run_cli("report", runs[0], "--out", tmp_path / "nohtml", "--n-boot", "0", "--no-plots", "--no-html")
     assert res.exit_code == 0, res.stderr
     assert (tmp_path / "nohtml" / "report.md").is_file() and not (tmp_path / "nohtml" / "report.html").exists()
+
+
+# --------------------------------------------------------------------------- issue 13: mitigation cost, chains
+
+@pytest.fixture(scope="module")
+def chain_summary(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """none, reasoning, debias and reflect run through biasmed.evaluate with a function model."""
+    return summarize(write_chain_run(tmp_path_factory.mktemp("chain_run") / "run"), n_boot=0)
+
+
+@pytest.fixture(scope="module")
+def chain_loaded(browser: Any, chain_summary: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loaded]:
+    page = Loaded(browser, write_html(chain_summary, tmp_path_factory.mktemp("chain_html") / "report.html"))
+    assert page.page.evaluate("window.__biasmed.ready") is True
+    yield page
+    page.close()
+
+
+def _nan_to_none(v: Any) -> Any:
+    return None if v is None or v != v else float(v)
+
+
+def _chart(p: Any, kind: str) -> list[dict[str, Any]]:
+    sel = f".bm-model[data-model='{CHAIN_SPEC}'] .bm-chart[data-kind={kind}]"
+    p.evaluate(f"document.querySelector(\"{sel}\").scrollIntoView()")
+    p.wait_for_selector(f"{sel} .main-svg", state="attached")
+    return p.eval_on_selector(sel, "d => d.data.map(t => ({name: t.name, x: t.x, y: t.y, cd: t.customdata}))")
+
+
+def test_chain_samples_carry_both_answers_in_the_data(chain_summary: Any) -> None:
+    d = payload_of(render_html(chain_summary))
+    s, cols = d["samples"], d["samples"]["cols"]
+    assert d["meta"]["changes"] == ["kept", "toward", "away", "other"]
+    reflect = s["mits"].index("reflect")
+    chains = [i for i in range(len(cols["m"])) if cols["g"][i] == reflect]
+    assert chains and all(cols["fl"][i] == 2 and cols["let"][i] == 0 for i in chains)  # C first, A final
+    assert all(s["replies"][cols["r1"][i]] == FIRST_REPLY for i in chains)
+    assert all(cols["fl"][i] == -2 and cols["r1"][i] == -1 for i in range(len(cols["m"])) if i not in chains)
+
+
+def test_mitigation_cost_table_shows_the_leaderboard_figures(chain_loaded: Loaded, chain_summary: Any) -> None:
+    p = chain_loaded.page
+    got = p.eval_on_selector_all(
+        f".bm-model[data-model='{CHAIN_SPEC}'] .bm-cost-table tbody tr",
+        "trs => trs.map(tr => [tr.dataset.mit, Object.fromEntries(Array.from(tr.querySelectorAll('td[data-col]'), "
+        "td => [td.dataset.col, [td.dataset.v === '' ? null : +td.dataset.v, td.textContent]]))])")
+    assert [m for m, _ in got] == ["none", "reasoning", "debias", "reflect"]
+    lb = chain_summary.leaderboard.set_index("mitigation")
+    for mit, cells in got:
+        row = lb.loc[mit]
+        for col in ("tokens_per_answer", "cost_per_answer", "mean_recovered_per_1k_tokens", "changed_rate",
+                    "toward_rate", "away_rate"):
+            assert cells[col][0] == pytest.approx(_nan_to_none(row[col])), (mit, col)
+        gain = None if mit == "none" else row["mean_biased_acc"] - lb.loc["none", "mean_biased_acc"]
+        assert cells["acc_gain"][0] == pytest.approx(gain), mit
+    reflect = dict(got)["reflect"]
+    assert reflect["tokens_per_answer"][1] == f"{lb.loc['reflect', 'tokens_per_answer']:.1f}"
+    assert reflect["cost_per_answer"][1] == "$" + f"{lb.loc['reflect', 'cost_per_answer']:.3g}"
+    assert reflect["toward_rate"][1] == "37.5%" and reflect["away_rate"][1] == "12.5%"  # 3 and 1 of 8
+    assert dict(got)["reasoning"]["changed_rate"][1] == "\u2013"  # not a chain
+
+
+def test_cost_and_chain_charts_show_the_summary_rows(chain_loaded: Loaded, chain_summary: Any) -> None:
+    main = chain_summary.main
+    cost = _chart(chain_loaded.page, "cost")
+    assert [t["name"] for t in cost] == ["reasoning", "debias", "reflect"]
+    for t in cost:
+        rows = main[main["mitigation"] == t["name"]]
+        assert t["x"] == rows["bias"].tolist()
+        assert t["y"] == pytest.approx(rows["acc_gain"].tolist())
+        assert [c[0] for c in t["cd"]] == rows["n"].tolist()  # hover: n
+        assert [c[1] for c in t["cd"]] == [f"{v:.1f}" for v in rows["tokens_per_answer"]]
+        want = ["\u2013" if v != v else f"{v:.3f}" for v in rows["recovered_per_1k_tokens"]]
+        assert [c[4] for c in t["cd"]] == want
+    chain = _chart(chain_loaded.page, "chain")
+    rows = main[(main["mitigation"] == "reflect") & (main["bias"] != NONE)]
+    assert [t["name"] for t in chain] == ["reflect: toward the planted letter", "reflect: away from it"]
+    for t, kind in zip(chain, ("toward", "away"), strict=True):
+        assert t["x"] == rows["bias"].tolist()
+        assert t["y"] == pytest.approx(rows[f"{kind}_rate"].tolist())
+        assert [c[0] for c in t["cd"]] == rows[kind].tolist() and [c[1] for c in t["cd"]] == rows["n_chain"].tolist()
+    assert rows["toward"].sum() == 3 and rows["away"].sum() == 1  # the figures are not all zero
+
+
+def test_reflect_card_shows_both_answers_as_text(chain_loaded: Loaded, chain_summary: Any) -> None:
+    fresh = chain_loaded
+    fresh.select("#f-mit", "reflect")
+    fresh.search("test-0001", 1)
+    cells = fresh.page.eval_on_selector_all(
+        ".bm-card td[data-first]", "ts => ts.map(t => [t.parentElement.dataset.cond, t.dataset.first, t.dataset.final, "
+        "t.dataset.change || '', t.querySelector('.bm-reply-first').textContent, "
+        "t.querySelector('.bm-reply:not(.bm-reply-first)').textContent, t.querySelector('.bm-chain').textContent])")
+    sm = chain_summary.samples
+    want = sm[(sm["question_id"] == "test-0001") & (sm["mitigation"] == "reflect")].set_index("bias")
+    assert sorted(c[0] for c in cells) == sorted(want.index)
+    for cond, first, final, change, r1, r2, line in cells:
+        assert (first, final) == (want.loc[cond, "s_first_letter"], want.loc[cond, "s_letter"]) == ("C", "A")
+        assert change == want.loc[cond, "s_change"]
+        assert (r1, r2) == (FIRST_REPLY, SECOND_REPLY)
+        assert line.startswith("first answer C \u2192 final A")
+    assert {c[3] for c in cells} == {"other", "toward", "away"}
+    # the markup in the first reply stayed text
+    assert fresh.page.evaluate("window.__pwned") is None
+    assert fresh.page.evaluate("document.querySelectorAll('.bm-reply *, #bm-cards img').length") == 0
+    # a card without the filter shows reflect beside the single-answer mitigations (no chain line there)
+    fresh.select("#f-mit", "all mitigations")
+    fresh.search("test-0001", 1)
+    assert fresh.page.locator(".bm-card td[data-first]").count() == 3
+    assert fresh.page.locator(".bm-card .bm-chain").count() == 3
+    assert chain_loaded.errors == []
+
+
+def test_leaderboard_has_the_mitigation_columns_and_sorts_them(chain_loaded: Loaded, chain_summary: Any) -> None:
+    p = chain_loaded.page
+    heads = p.eval_on_selector_all("#bm-lb th", "ths => ths.map(t => t.dataset.col)")
+    assert heads == list(chain_summary.leaderboard.columns)
+    for col in ("mean_recovery_same_mit", "tokens_per_answer", "cost_per_answer", "mean_recovered_per_1k_tokens",
+                "changed_rate", "toward_rate", "away_rate"):
+        assert col in heads
+
+    def column(name: str) -> list[str]:
+        idx = heads.index(name)
+        return p.eval_on_selector_all(f"#bm-lb tbody tr td:nth-child({idx + 1})", "tds => tds.map(t => t.textContent)")
+
+    p.locator("#bm-lb th[data-col='tokens_per_answer']").click()
+    assert [float(v) for v in column("tokens_per_answer")] == [44.0, 76.0, 76.0, 153.0]
+    assert column("mitigation")[0] == "reasoning" and column("mitigation")[-1] == "reflect"
+    p.locator("#bm-lb th[data-col='tokens_per_answer']").click()
+    assert column("mitigation")[0] == "reflect"
+    assert column("cost_per_answer")[0] == "$" + f"{chain_summary.leaderboard.set_index('mitigation').loc['reflect', 'cost_per_answer']:.3g}"

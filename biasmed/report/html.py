@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biasmed.analysis.controls import control_of
-from biasmed.analysis.summary import Summary
+from biasmed.analysis.summary import MITIGATION_COLUMNS, Summary
 from biasmed.records import BIASES, MITIGATIONS, NONE, V2_BIASES
 from biasmed.report.format import DEMO_BANNER, convention_line
 from biasmed.results import biasmed_version, write_text_atomic
+from biasmed.scoring import CHAIN_CHANGES
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -110,6 +111,8 @@ CHART_COLUMNS: tuple[str, ...] = (
     "acc_draws_hi",
     "acc_draws_min",
     "acc_draws_max",
+    # issue 13: tokens, cost and accuracy won per mitigation; chains' first answers and moves
+    *MITIGATION_COLUMNS,
 )
 
 
@@ -179,6 +182,7 @@ def page_data(summary: Summary) -> dict[str, Any]:
             "seed": int(summary.seed),
             "biasmed_version": biasmed_version(),
             "outcomes": list(OUTCOMES),
+            "changes": list(CHAIN_CHANGES),
         },
         "chart": _columns(summary.main, [c for c in CHART_COLUMNS if c in summary.main.columns]),
         "model_controls": [_clean_row(r) for r in summary.model_controls],
@@ -263,7 +267,12 @@ def sample_data(df: pd.DataFrame) -> dict[str, Any]:
         outcome.append(_outcome(nr[i], correct[i], letters[i], targets[i], bias[i] == NONE, b))
 
     texts, edits, col_t, col_e = _text_columns(df, col_q, col_m, col_c, col_g, cond_keys, none_g)
-    replies, col_r = _interned(df["response"].tolist())
+    # a chain (reflect) keeps its first reply too: stored in the same table as the final replies
+    chain = [bool(x) for x in df["s_chain"].tolist()] if "s_chain" in df else [False] * n
+    extras = df["extra"].tolist() if "extra" in df else [None] * n
+    firsts = [_first_reply(x) if c else None for x, c in zip(extras, chain, strict=True)]
+    replies, col_r = _interned(df["response"].tolist() + firsts)
+    col_r, col_r1 = col_r[:n], col_r[n:]
     errors, col_x = _interned(df["error"].tolist() if "error" in df else [None] * n)
 
     # card order: model, question, condition, mitigation (a card's samples are contiguous)
@@ -272,6 +281,28 @@ def sample_data(df: pd.DataFrame) -> dict[str, Any]:
     def col(values: Sequence[Any]) -> list[Any]:
         return [values[int(j)] for j in card_order]
 
+    cols: dict[str, list[Any]] = {
+        "m": col(col_m),
+        "q": col(col_q),
+        "c": col(col_c),
+        "g": col(col_g),
+        "let": col(letters),
+        "tgt": col(targets),
+        "ok": col([int(c) for c in correct]),
+        "out": col(outcome),
+        "t": col(col_t),
+        "e": col(col_e),
+        "r": col(col_r),
+        "x": col(col_x),
+    }
+    if any(chain):
+        # chains only: the first answer's letter (-1 none read, -2 not a chain), its reply, and how
+        # the final answer moved from it (index into meta.changes, -1 none)
+        first = _letter_codes(df["s_first_letter"].tolist())
+        cols["fl"] = col([f if c else -2 for f, c in zip(first, chain, strict=True)])
+        cols["r1"] = col(col_r1)
+        change_code = {c: i for i, c in enumerate(CHAIN_CHANGES)}
+        cols["chg"] = col([change_code.get(x, -1) if isinstance(x, str) else -1 for x in df["s_change"].tolist()])
     return {
         "models": models,
         "conds": conds,
@@ -281,20 +312,7 @@ def sample_data(df: pd.DataFrame) -> dict[str, Any]:
         "edits": edits,
         "replies": replies,
         "errors": errors,
-        "cols": {
-            "m": col(col_m),
-            "q": col(col_q),
-            "c": col(col_c),
-            "g": col(col_g),
-            "let": col(letters),
-            "tgt": col(targets),
-            "ok": col([int(c) for c in correct]),
-            "out": col(outcome),
-            "t": col(col_t),
-            "e": col(col_e),
-            "r": col(col_r),
-            "x": col(col_x),
-        },
+        "cols": cols,
     }
 
 
@@ -422,6 +440,15 @@ def _common_suffix(x: str, y: str, limit: int) -> int:
         else:
             hi = mid - 1
     return lo
+
+
+def _first_reply(extra: Any) -> str | None:
+    """A chain's first reply (`extra.turns[0].response`, as biasmed.run.runner records it)."""
+    turns = extra.get("turns") if isinstance(extra, dict) else None
+    if isinstance(turns, list) and turns and isinstance(turns[0], dict):
+        r = turns[0].get("response")
+        return r if isinstance(r, str) else None
+    return None
 
 
 def _interned(values: Iterable[Any]) -> tuple[list[str], list[int]]:

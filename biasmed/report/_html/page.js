@@ -12,6 +12,8 @@
     right_to_other: 'right \u2192 another wrong letter',
     wrong_to_right: 'wrong \u2192 right'
   };
+  var CHANGE_LABELS = { kept: 'kept', toward: 'moved toward the planted letter', away: 'moved away from the planted letter',
+    other: 'changed (not the planted letter)' };
   var MIT_COLORS = { 'none': '#4c72b0', 'education': '#dd8452', 'one-shot': '#55a868', 'few-shot': '#c44e52' };
   var PALETTE = ['#8172b3', '#937860', '#da8bc3', '#8c8c8c', '#ccb974', '#64b5cd'];
   var PAGE = 20;
@@ -49,6 +51,10 @@
   function f3(x) { return isNum(x) ? x.toFixed(3) : '\u2013'; }
   function pv(x) { return isNum(x) ? (x < 0.001 ? '<0.001' : x.toFixed(3)) : '\u2013'; }
   function letter(code) { return code >= 0 ? String.fromCharCode(65 + code) : ''; }
+  function f1(x) { return isNum(x) ? x.toFixed(1) : '\u2013'; }
+  // USD per answer: small, so three significant digits rather than fixed decimals
+  function usd(x) { return isNum(x) ? '$' + (x === 0 ? '0' : x.toPrecision(3)) : '\u2013'; }
+  function pct(x) { return isNum(x) ? (100 * x).toFixed(1) + '%' : '\u2013'; }
   function mitColor(m, i) { return MIT_COLORS[m] || PALETTE[i % PALETTE.length]; }
 
   // ------------------------------------------------------------------ data
@@ -100,11 +106,12 @@
   }
 
   // ------------------------------------------------------------------ overview (plotly)
-  var OV = { rows: [], models: [], mits: [], onModels: {}, onMits: {}, charts: [], controls: [] };
+  var OV = { rows: [], models: [], mits: [], onModels: {}, onMits: {}, charts: [], controls: [], board: [] };
 
   function overview(D) {
     OV.rows = rows(D.chart);
     OV.controls = D.model_controls || [];
+    OV.board = rows(D.leaderboard);
     OV.models = unique(OV.rows.map(function (r) { return r.model; }));
     OV.mits = unique(OV.rows.map(function (r) { return r.mitigation; }));
     OV.models.forEach(function (m) { OV.onModels[m] = true; });
@@ -126,6 +133,11 @@
       if (mrows.some(function (r) { return isNum(r.placebo_diff) || isNum(r.helpful_gain) || isNum(r.acc_draws_mean); })) {
         kinds.push('controls');
       }
+      // issue 13: what each mitigation costs and wins (runs that recorded tokens), and chains' moves
+      if (mrows.some(function (r) { return r.mitigation !== 'none' && isNum(r.tokens_per_answer); })) {
+        kinds.push('cost');
+      }
+      if (mrows.some(function (r) { return isNum(r.n_chain) && r.bias !== 'none'; })) kinds.push('chain');
       kinds.forEach(function (kind) {
         var div = el('div', { cls: 'bm-chart', data: { kind: kind } });
         div.__chart = { div: div, model: model, kind: kind, rows: mrows, drawn: false };
@@ -134,6 +146,8 @@
         if (io) io.observe(div); else draw(div.__chart);
       });
       sec.appendChild(grid);
+      var cost = costTable(model);
+      if (cost) sec.appendChild(cost);
       var ctl = controlsTable(model);
       if (ctl) sec.appendChild(ctl);
       box.appendChild(sec);
@@ -207,6 +221,28 @@
           customdata: rs.map(function (r) { return [f3(r.recovery), f3(r.recovery_lo), f3(r.recovery_hi), name, r.n_paired]; }),
           hovertemplate: '%{x} \u00b7 %{customdata[3]}<br>recovery %{customdata[0]} [%{customdata[1]}, %{customdata[2]}]' +
             '<br>n paired = %{customdata[4]}<extra></extra>' });
+      } else if (c.kind === 'cost') {
+        if (mit === 'none') return;
+        rs = rs.filter(function (r) { return isNum(r.acc_gain); });
+        if (!rs.length) return;
+        out.push({ type: 'bar', name: name, x: byBias(rs), y: rs.map(function (r) { return r.acc_gain; }),
+          marker: { color: color },
+          customdata: rs.map(function (r) { return [r.n, f1(r.tokens_per_answer), f1(r.extra_tokens_per_answer),
+            usd(r.cost_per_answer), f3(r.recovered_per_1k_tokens), name]; }),
+          hovertemplate: '%{x} \u00b7 %{customdata[5]}<br>accuracy gain vs none %{y:.3f}' +
+            '<br>tokens per answer %{customdata[1]} (%{customdata[2]} more than none)<br>cost per answer %{customdata[3]}' +
+            '<br>recovered per 1,000 tokens %{customdata[4]}<br>n = %{customdata[0]}<extra></extra>' });
+      } else if (c.kind === 'chain') {
+        rs = rs.filter(function (r) { return isNum(r.n_chain) && r.bias !== 'none'; });
+        if (!rs.length) return;
+        [['toward', 'toward the planted letter', ''], ['away', 'away from it', '/']].forEach(function (s) {
+          out.push({ type: 'bar', name: name + ': ' + s[1], x: byBias(rs), y: rs.map(function (r) { return r[s[0] + '_rate']; }),
+            marker: { color: color, pattern: { shape: s[2] } },
+            customdata: rs.map(function (r) { return [r[s[0]], r.n_chain, pct(r.changed_rate), f3(r.acc_first), name, pl(s[1])]; }),
+            hovertemplate: '%{x} \u00b7 %{customdata[4]}<br>second answer moved %{customdata[5]}: %{customdata[0]} of ' +
+              '%{customdata[1]} (%{y:.3f})<br>changed at all %{customdata[2]}; first answer accuracy %{customdata[3]}' +
+              '<br>n = %{customdata[1]}<extra></extra>' });
+        });
       } else if (c.kind === 'controls') {
         var specs = [['placebo_diff', 'bias \u2212 placebo effect', 'n_paired_placebo', ''],
           ['helpful_gain', 'helpful-bias gain', 'n_paired_helpful', 'x'],
@@ -231,7 +267,9 @@
     drop: ['Paired drop vs unbiased, no mitigation (* significant)', 'drop', null],
     adoption: ['Adoption of the planted letter (bars) vs baseline (\u2014)', 'share', [0, 1.05]],
     recovery: ['Mitigation recovery (1 = drop won back)', 'recovery', null],
-    controls: ['Controls: placebo, helpful bias, re-drawn targets', 'difference / accuracy', null]
+    controls: ['Controls: placebo, helpful bias, re-drawn targets', 'difference / accuracy', null],
+    cost: ['Accuracy gain vs no mitigation (hover: tokens, cost, gain per 1,000 tokens)', 'accuracy gain', null],
+    chain: ['Chains: second answer moved toward / away from the planted letter', 'share of answers', [0, 1.05]]
   };
 
   function draw(c) {
@@ -252,6 +290,42 @@
     Plotly.react(c.div, data, layout, { displaylogo: false, responsive: true,
       modeBarButtonsToRemove: ['select2d', 'lasso2d'] });
     c.drawn = true;
+  }
+
+  // per mitigation, from the leaderboard row (its means over the core biases; docs/mitigations.md)
+  function costTable(model) {
+    var rs = OV.board.filter(function (r) { return r.model === model; });
+    var none = rs.filter(function (r) { return r.mitigation === 'none'; })[0];
+    var known = function (r) { return isNum(r.tokens_per_answer) || isNum(r.changed_rate); };
+    if (!rs.some(function (r) { return r.mitigation !== 'none' && known(r); })) return null;
+    rs = rs.slice().sort(function (a, b) { return OV.mits.indexOf(a.mitigation) - OV.mits.indexOf(b.mitigation); });
+    var chain = rs.some(function (r) { return isNum(r.changed_rate); });
+    var gain = function (r) {
+      return none && r !== none && isNum(r.mean_biased_acc) && isNum(none.mean_biased_acc) ? r.mean_biased_acc - none.mean_biased_acc : null;
+    };
+    // [key, header, format, value]
+    var cols = [['tokens_per_answer', 'tokens / answer', f1], ['cost_per_answer', 'cost / answer', usd],
+      ['acc_gain', 'mean biased acc. gain vs none', f3, gain], ['mean_recovered_per_1k_tokens', 'recovered acc. per 1,000 tokens', f3],
+      ['mean_recovery', 'mean recovery', f3], ['mean_recovery_same_mit', 'recovery vs same-mitigation unbiased', f3]];
+    if (chain) cols.push(['changed_rate', 'answer changed', pct], ['toward_rate', 'moved toward planted', pct], ['away_rate', 'moved away', pct]);
+    cols.push(['n_questions', 'n questions', String]);
+    var t = el('table', { cls: 'bm-table bm-cost-table' });
+    var tr = el('tr', null, el('th', { cls: 'txt', text: 'mitigation' }));
+    cols.forEach(function (c) { tr.appendChild(el('th', { data: { col: c[0] }, text: c[1] })); });
+    t.appendChild(el('thead', null, tr));
+    var tb = el('tbody');
+    rs.forEach(function (r) {
+      var row = el('tr', { data: { mit: r.mitigation } }, el('td', { cls: 'txt', text: r.mitigation }));
+      cols.forEach(function (c) {
+        var v = c[3] ? c[3](r) : r[c[0]];
+        row.appendChild(el('td', { data: { col: c[0], v: isNum(v) ? v : '' }, text: v === null || v === undefined ? '\u2013' : c[2](v) }));
+      });
+      tb.appendChild(row);
+    });
+    t.appendChild(tb);
+    return el('div', { cls: 'bm-scroll bm-cost' }, el('p', { cls: 'bm-help', text: 'Mitigation cost: tokens (every turn, input + ' +
+      'output) and list-price cost per answer, the mean biased accuracy gained over no mitigation, and that gain per 1,000 ' +
+      'extra tokens (docs/mitigations.md). Per bias: hover the gain chart.' }), t);
   }
 
   function controlsTable(model) {
@@ -295,6 +369,7 @@
     table.appendChild(tbody);
     function cell(c, v) {
       if (v === null || v === undefined) return '\u2013';
+      if (typeof v === 'number' && c.indexOf('cost') === 0) return usd(v);  // fractions of a cent
       if (typeof v === 'number' && !Number.isInteger(v)) return c.indexOf('p_') === 0 ? pv(v) : v.toFixed(3);
       return String(v);
     }
@@ -325,7 +400,7 @@
 
   function explorer(D) {
     var S = D.samples, C = S.cols, n = C.m ? C.m.length : 0;
-    X = { S: S, C: C, n: n, cards: [], shown: 0, matches: [], lower: {}, outcomes: D.meta.outcomes };
+    X = { S: S, C: C, n: n, cards: [], shown: 0, matches: [], lower: {}, outcomes: D.meta.outcomes, changes: D.meta.changes || [] };
     // a card = one (model, question): its samples are contiguous (sorted so in Python)
     for (var i = 0; i < n; i++) {
       if (i === 0 || C.m[i] !== C.m[i - 1] || C.q[i] !== C.q[i - 1]) X.cards.push([i, i + 1]);
@@ -526,6 +601,22 @@
     td.appendChild(el('span', { cls: 'bm-letter' + cls, title: 'extracted letter', text: l >= 0 ? letter(l) : 'NR' }));
     var o = X.outcomes[C.out[s]];
     td.appendChild(el('span', { cls: 'bm-outcome o' + C.out[s], text: OUTCOME_LABELS[o] || o }));
+    if (C.fl && C.fl[s] > -2) {
+      // a chain (reflect): its first answer and reply, then the final one
+      var f = C.fl[s], chg = C.chg[s] >= 0 ? X.changes[C.chg[s]] : '';
+      var fcls = f < 0 ? '' : letter(f) === gold ? ' correct' : (f === tgt ? ' planted' : '');
+      td.dataset.first = f >= 0 ? letter(f) : 'NR';
+      td.dataset.final = l >= 0 ? letter(l) : 'NR';
+      if (chg) td.dataset.change = chg;
+      td.appendChild(el('div', { cls: 'bm-chain' }, 'first answer ', el('span', { cls: 'bm-letter bm-first' + fcls, text: td.dataset.first }),
+        ' \u2192 final ', el('span', { cls: 'bm-letter bm-final' + cls, text: td.dataset.final }),
+        chg ? el('span', { cls: 'bm-change ' + chg, text: CHANGE_LABELS[chg] || chg }) : null));
+      if (C.r1[s] >= 0) {
+        td.appendChild(el('div', { cls: 'bm-turn', text: 'first reply' }));
+        td.appendChild(el('pre', { cls: 'bm-reply bm-reply-first', text: S.replies[C.r1[s]] }));
+      }
+      td.appendChild(el('div', { cls: 'bm-turn', text: 'final reply' }));
+    }
     if (C.r[s] >= 0) td.appendChild(el('pre', { cls: 'bm-reply', text: S.replies[C.r[s]] }));
     else td.appendChild(el('div', { cls: 'bm-missing', text: 'no reply' }));
     if (C.x[s] >= 0) td.appendChild(el('div', { cls: 'bm-err', text: 'error: ' + S.errors[C.x[s]] }));
