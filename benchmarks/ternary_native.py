@@ -13,6 +13,9 @@ The native column also gives the kernel's rate in GMAC/s, and the run starts by 
 ceiling of that rate on this core: the best of 200 short loops of independent AVX-512
 ``vpdpbusd`` (64 multiply-adds each), where the CPU has them.
 
+``--isa avx2`` (or ``scalar``) measures a lower instruction set than the CPU's best, e.g. the
+AVX2 path that CPUs without AVX-512 get; the VNNI ceiling is then not measured.
+
 ``--threads`` sets torch's threads for the bf16 matmul (the native kernel uses one thread by
 default); 1 gives both contenders one core, which is what a shared 2-core machine can promise.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -62,8 +66,11 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,64")
     parser.add_argument("--models", default="370M,1.3B,2.7B")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--isa", choices=native.ISA_NAMES, help="force the kernel's instruction set (default: the CPU's best)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.isa:
+        os.environ[native.ENV_ISA] = args.isa  # before the first load(): every native call uses it
     if args.threads:
         torch.set_num_threads(args.threads)
     kernel = native.load()
@@ -71,7 +78,7 @@ def main() -> None:
         raise SystemExit("the native kernel is not available here")
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
-    peak = vnni_peak_gmacs(kernel)
+    peak = vnni_peak_gmacs(kernel) if kernel.isa_name == "avx512-vnni" else None
     print(f"isa {kernel.isa_name}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
           f"vpdpbusd ceiling {peak or 0:.0f} GMAC/s")
     print("| model | K->N | batch | bf16 ms | native ms | native GMAC/s | speed-up |\n"

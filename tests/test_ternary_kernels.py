@@ -7,6 +7,7 @@ first imported), on small shapes so the interpreter stays quick.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -14,9 +15,11 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first `import
 
 torch = pytest.importorskip("torch")
 
+from biasmed.errors import InputError  # noqa: E402
 from biasmed.ternary import native  # noqa: E402
 from biasmed.ternary.kernels import (  # noqa: E402
     bitlinear,
+    normed_bitlinear,
     resolve_backend,
     ternary_linear,
     ternary_matmul,
@@ -35,6 +38,7 @@ from biasmed.ternary.quant import (  # noqa: E402
     fake_quantize_activations,
     fake_quantize_weight,
     quantize_activations,
+    rms_norm,
 )
 
 SHAPES = [(1, 64, 48), (5, 130, 17), (33, 256, 96)]  # (M, K, N); K=130 is not a multiple of 4
@@ -150,8 +154,10 @@ def test_block256_layout_roundtrip(k: int) -> None:
 
 # --------------------------------------------------------------------------- native CPU kernel
 
-# (K, N): odd and even sizes, with and without whole 256-column blocks and a tail
-NATIVE_SHAPES = [(1, 1), (7, 5), (130, 17), (253, 33), (256, 96), (300, 7), (1030, 9), (2816, 11)]
+# (K, N): odd and even sizes, with and without whole 256-column blocks and a tail (of more than
+# 32 bytes at K = 130 and 1411: both AVX2 halves); 1411 and 2816 have more whole blocks than the
+# AVX2 kernel sums in int16 before widening (kFlush256 = 4)
+NATIVE_SHAPES = [(1, 1), (7, 5), (130, 17), (253, 33), (256, 96), (300, 7), (1030, 9), (1411, 13), (2816, 11)]
 NATIVE_BATCHES = [1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 64, 75]
 
 
@@ -198,6 +204,81 @@ def test_native_kernel_per_row_scales_and_dispatch(native_kernel: native.NativeK
         assert torch.equal(bitlinear(x, repack(weight, "block256"), backend="native"), want)
     assert torch.equal(ternary_matmul(x.sign().to(torch.int8), repack(w, "block256"), backend="native"),
                        ternary_matmul(x.sign().to(torch.int8), w, backend="reference"))
+
+
+@pytest.fixture
+def forced_avx2(native_kernel: native.NativeKernel, monkeypatch: pytest.MonkeyPatch):
+    """The process-wide kernel with ``BIASMED_TERNARY_ISA=avx2``, as tests and benchmarks force it."""
+    if native_kernel.isa < native.ISA_NAMES.index("avx2"):
+        pytest.skip("this CPU has no AVX2")
+    monkeypatch.setenv(native.ENV_ISA, "avx2")
+    native.load.cache_clear()
+    try:
+        kernel = native.load()
+        assert kernel is not None and kernel.isa_name == "avx2"
+        yield kernel
+    finally:
+        monkeypatch.delenv(native.ENV_ISA)
+        native.load.cache_clear()
+
+
+@pytest.mark.parametrize("shape", [(1411, 13), (2816, 11), (130, 17), (7, 5)])
+def test_forced_avx2_path_is_exact_through_the_dispatcher(forced_avx2: native.NativeKernel, shape) -> None:
+    k, n = shape
+    gen = torch.Generator().manual_seed(k + n)
+    w = pack_weight(torch.randn(n, k, generator=gen))
+    blocked = repack(w, "block256")
+    norm = torch.rand(k, generator=gen) + 0.5
+    for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 64, 75):
+        x_q = torch.randint(-128, 128, (m, k), generator=gen, dtype=torch.int8)
+        assert torch.equal(ternary_matmul(x_q, blocked, backend="native"), _exact(x_q, w)), (m, k, n)
+        x = torch.randn(m, k, generator=gen) * 3
+        assert torch.equal(bitlinear(x, blocked, backend="native"), bitlinear(x, w, backend="reference")), (m, k, n)
+        # the fused RMSNorm + BitLinear: its norm sums squares in double (see native.bitlinear_f32),
+        # so it equals the scalar variant bit for bit and the PyTorch path to rounding
+        fused = normed_bitlinear(x, norm, 1e-6, blocked, backend="native")
+        scalar = native.NativeKernel(forced_avx2.lib, 0, forced_avx2.path).bitlinear_f32(x, norm, 1e-6, blocked)
+        assert torch.equal(fused, scalar), (m, k, n)
+        want = bitlinear(rms_norm(x, norm, 1e-6), w, backend="reference")
+        assert torch.allclose(fused, want, rtol=0, atol=1e-3 * float(want.abs().max())), (m, k, n)
+
+
+def test_avx2_int16_partial_sums_cannot_saturate(native_kernel: native.NativeKernel) -> None:
+    """The worst bytes: every code 3 (not even a valid trit) against -128 everywhere, over more
+    whole blocks than one int16 run: each int16 lane reaches 8 * 4 * 768 = 24576 before widening."""
+    k, n = 2816, 5
+    w = PackedTernary(torch.full((n, k // 4), 0xFF, dtype=torch.uint8), torch.tensor(1.0), k, n, "block256")
+    for value in (-128, 127):
+        x_q = torch.full((6, k), value, dtype=torch.int8)
+        want = torch.full((6, n), 2 * value * k, dtype=torch.int32)  # (code 3 - 1) * x per column
+        assert torch.equal(ternary_matmul_reference(x_q, w), want)
+        for kernel in _isas(native_kernel):
+            assert torch.equal(kernel.gemm_i8(x_q, w), want), kernel.isa_name
+
+
+def test_forced_isa_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(native.ENV_ISA, "sse9")
+    native.load.cache_clear()
+    try:
+        with pytest.raises(InputError, match="BIASMED_TERNARY_ISA='sse9': unknown instruction set; choose one of"):
+            native.load()
+        monkeypatch.setenv(native.ENV_ISA, "scalar")
+        native.load.cache_clear()
+        kernel = native.load()
+        if kernel is None:
+            return  # no compiler here: nothing more to force
+        assert kernel.isa_name == "scalar"
+        monkeypatch.setenv(native.ENV_ISA, "AVX512")  # the short alias, any case
+        assert native.forced_isa() == native.ISA_NAMES.index("avx512-vnni")
+        # more than the CPU runs would die on an illegal instruction: refused (a CPU with AVX2 only)
+        real_open = native._open
+        monkeypatch.setattr(native, "_open", lambda path: replace(real_open(path), isa=1))
+        native.load.cache_clear()
+        with pytest.raises(InputError, match="BIASMED_TERNARY_ISA=avx512-vnni: this CPU runs avx2 at most"):
+            native.load()
+    finally:
+        monkeypatch.delenv(native.ENV_ISA)
+        native.load.cache_clear()
 
 
 def test_without_a_compiler_the_reference_runs_after_one_warning(

@@ -77,16 +77,6 @@ static inline int32_t dot_scalar(const uint8_t* c, const int8_t* x, i64 from, i6
     return acc;
 }
 
-// Tail of one row straight from the packed bytes (no decode buffer).
-static inline int32_t tail_dot(const uint8_t* row, const Shape& s, const int8_t* x) {
-    const uint8_t* t = row + 64 * s.full;
-    const int8_t* xt = x + 256 * s.full;
-    int32_t acc = 0;
-    for (int i = 0; i < 4; ++i)
-        for (i64 j = 0; j < s.tail; ++j) acc += (int32_t)((t[j] >> (2 * i)) & 3) * (int32_t)xt[s.tail * i + j];
-    return acc;
-}
-
 // ------------------------------------------------------------------------------ scalar
 static void gemm_scalar(const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n0, i64 n1,
                         const Shape& s, int32_t* out, i64 ldo, uint8_t* codes) {
@@ -97,6 +87,20 @@ static void gemm_scalar(const int8_t* x, i64 m, const int32_t* xsum, const uint8
 }
 
 // ------------------------------------------------------------------------------ AVX2
+// Register-blocked like the AVX-512 path below: MR activation rows x NR weight rows. Each
+// 32-byte half of a 64-byte weight block is decoded once in registers (shift + mask: 4 vectors
+// of 32 codes) and every code vector is applied to all MR activation rows with vpmaddubsw
+// (codes u8 x activations s8, the activation load folded into the instruction). The int16
+// products are summed with vpaddw and widened to int32 (vpmaddwd by 1) only every kFlush256
+// blocks: 2 instructions per 32 multiply-adds instead of 3 (vpmaddubsw + vpmaddwd + vpaddd).
+//
+// Why no int16 lane can saturate or wrap, whatever the bytes: a 2-bit code is at most 3 and
+// |x| <= 128, so one vpmaddubsw lane (a sum of two products) is at most 2 * 3 * 128 = 768 in
+// magnitude, and a lane sums 8 of them per block (2 halves x 4 codes per byte) over at most
+// kFlush256 blocks: 8 * 4 * 768 = 24576 < 32767. (Real codes are at most 2: 16384.)
+static const int kFlush256 = 4;
+static_assert(2 * 3 * 128 * 8 * kFlush256 <= 32767, "the int16 partial sums must not saturate");
+
 T256 static inline int32_t hsum256(__m256i v) {
     __m128i a = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     a = _mm_add_epi32(a, _mm_shuffle_epi32(a, 0x4E));
@@ -104,99 +108,110 @@ T256 static inline int32_t hsum256(__m256i v) {
     return _mm_cvtsi128_si32(a);
 }
 
-// acc += codes (u8) . x (s8), 32 byte pairs summed into 8 int32 lanes.
-T256 static inline __m256i dot256(__m256i acc, __m256i c, __m256i x) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(c, x), ones));
+// Lane j of the result = the sum of the 8 lanes of v[j].
+T256 static inline __m256i reduce8(const __m256i* v) {
+    const __m256i t0 = _mm256_hadd_epi32(v[0], v[1]), t1 = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i t2 = _mm256_hadd_epi32(v[4], v[5]), t3 = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
 }
 
-T256 static void gemv_avx2(const int8_t* x, int32_t xsum, const uint8_t* w, i64 n0, i64 n1, const Shape& s,
-                           int32_t* out) {
+// One 64-byte block of NR weight rows (bytes at rows[r] + off) against MR activation rows at
+// column `col`, the four codes of a byte `stride` columns apart (64 in full blocks, the tail
+// length in the tail); `halves` is 1 when the second 32 bytes are all padding.
+template <int MR, int NR>
+T256 static inline void block_256(__m256i* acc, const uint8_t* const* rows, i64 off, const int8_t* x, i64 ldx,
+                                  i64 col, i64 stride, int halves) {
     const __m256i m3 = _mm256_set1_epi8(3);
-    i64 n = n0;
-    for (; n + NR <= n1; n += NR) {
-        __m256i acc[NR];
-        for (int r = 0; r < NR; ++r) acc[r] = _mm256_setzero_si256();
-        for (i64 b = 0; b < s.full; ++b) {
-            for (int h = 0; h < 2; ++h) {
-                const int8_t* xb = x + 256 * b + 32 * h;
-                __m256i x0 = _mm256_loadu_si256((const __m256i*)(xb));
-                __m256i x1 = _mm256_loadu_si256((const __m256i*)(xb + 64));
-                __m256i x2 = _mm256_loadu_si256((const __m256i*)(xb + 128));
-                __m256i x3 = _mm256_loadu_si256((const __m256i*)(xb + 192));
-                for (int r = 0; r < NR; ++r) {
-                    __m256i v = _mm256_loadu_si256((const __m256i*)(w + (n + r) * s.kq + 64 * b + 32 * h));
-                    acc[r] = dot256(acc[r], _mm256_and_si256(v, m3), x0);
-                    acc[r] = dot256(acc[r], _mm256_and_si256(_mm256_srli_epi16(v, 2), m3), x1);
-                    acc[r] = dot256(acc[r], _mm256_and_si256(_mm256_srli_epi16(v, 4), m3), x2);
-                    acc[r] = dot256(acc[r], _mm256_and_si256(_mm256_srli_epi16(v, 6), m3), x3);
+#pragma GCC unroll 2
+    for (int h = 0; h < halves; ++h)
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+#pragma GCC unroll 8
+            for (int r = 0; r < NR; ++r) {
+                // Reloaded for each i (an L1 hit) rather than kept: the registers hold accumulators.
+                const __m256i v = _mm256_loadu_si256((const __m256i*)(rows[r] + off + 32 * h));
+                const __m256i c = _mm256_and_si256(i ? _mm256_srli_epi16(v, 2 * i) : v, m3);
+#pragma GCC unroll 8
+                for (int a = 0; a < MR; ++a) {
+                    const __m256i xa = _mm256_loadu_si256((const __m256i*)(x + a * ldx + col + stride * i + 32 * h));
+                    acc[a * NR + r] = _mm256_add_epi16(acc[a * NR + r], _mm256_maddubs_epi16(c, xa));
                 }
             }
+            // Keeps g++ from reassociating the int16 sums into trees of products computed ahead,
+            // which spilled most of them to the stack (measured: 80 instead of ~150 GMAC/s).
+#pragma GCC unroll 16
+            for (int j = 0; j < MR * NR; ++j) __asm__("" : "+x"(acc[j]));
         }
-        for (int r = 0; r < NR; ++r) out[n + r] = hsum256(acc[r]) + tail_dot(w + (n + r) * s.kq, s, x) - xsum;
-    }
-    for (; n < n1; ++n) {
-        __m256i acc = _mm256_setzero_si256();
-        const uint8_t* row = w + n * s.kq;
-        for (i64 b = 0; b < s.full; ++b)
-            for (int h = 0; h < 2; ++h) {
-                const int8_t* xb = x + 256 * b + 32 * h;
-                __m256i v = _mm256_loadu_si256((const __m256i*)(row + 64 * b + 32 * h));
-                for (int i = 0; i < 4; ++i)
-                    acc = dot256(acc, _mm256_and_si256(_mm256_srli_epi16(v, 2 * i), m3),
-                                 _mm256_loadu_si256((const __m256i*)(xb + 64 * i)));
-            }
-        out[n] = hsum256(acc) + tail_dot(row, s, x) - xsum;
-    }
 }
 
-// Batched: decode a strip of NR rows once, then MR activation rows at a time against it.
-template <int MR>
-T256 static void strip_avx2(const int8_t* x, const int32_t* xsum, i64 r0, const uint8_t* codes, int nr,
-                            i64 n, const Shape& s, int32_t* out, i64 ldo) {
-    __m256i acc[MR][NR];
-    for (int a = 0; a < MR; ++a)
-        for (int r = 0; r < NR; ++r) acc[a][r] = _mm256_setzero_si256();
-    const i64 kvec = s.kpad & ~(i64)31;
-    for (i64 k = 0; k < kvec; k += 32) {
-        __m256i xv[MR];
-        for (int a = 0; a < MR; ++a) xv[a] = _mm256_loadu_si256((const __m256i*)(x + (r0 + a) * s.kpad + k));
+// out[a, n + r] for a < MR, r < nr (<= NR): x rows (stride s.kpad), weight rows n.. .
+template <int MR, int NR>
+T256 static void micro_256(const int8_t* x, const int32_t* xsum, const uint8_t* w, i64 n, int nr, const Shape& s,
+                           int32_t* out, i64 ldo) {
+    static_assert(MR * NR <= 12, "12 int16 accumulators at most: 16 ymm registers");
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[MR * NR], wide[16];
+    for (int j = 0; j < 16; ++j) wide[j] = _mm256_setzero_si256();
+    const uint8_t* rows[NR];
+    for (int r = 0; r < NR; ++r) rows[r] = w + (n + (r < nr ? r : nr - 1)) * s.kq;  // extra rows: discarded
+    const i64 ldx = s.kpad;
+    for (i64 b0 = 0; b0 < s.full; b0 += kFlush256) {
+        for (int j = 0; j < MR * NR; ++j) acc[j] = _mm256_setzero_si256();
+        const i64 b1 = std::min<i64>(s.full, b0 + kFlush256);
+        for (i64 b = b0; b < b1; ++b) block_256<MR, NR>(acc, rows, 64 * b, x, ldx, 256 * b, 64, 2);
+        for (int j = 0; j < MR * NR; ++j) wide[j] = _mm256_add_epi32(wide[j], _mm256_madd_epi16(acc[j], ones));
+    }
+    if (s.tail) {
+        // The tail bytes in zero-padded copies: the zero codes cancel whatever activation bytes
+        // the full-width loads read past the tail (the activation buffer has 64 bytes of slack).
+        alignas(32) uint8_t tail[NR][64];
+        const uint8_t* trows[NR];
         for (int r = 0; r < NR; ++r) {
-            __m256i c = _mm256_loadu_si256((const __m256i*)(codes + r * s.kpad + k));
-            for (int a = 0; a < MR; ++a) acc[a][r] = dot256(acc[a][r], c, xv[a]);
+            memset(tail[r], 0, 64);
+            memcpy(tail[r], rows[r] + 64 * s.full, s.tail);
+            trows[r] = tail[r];
         }
+        for (int j = 0; j < MR * NR; ++j) acc[j] = _mm256_setzero_si256();
+        block_256<MR, NR>(acc, trows, 0, x, ldx, 256 * s.full, s.tail, s.tail > 32 ? 2 : 1);
+        for (int j = 0; j < MR * NR; ++j) wide[j] = _mm256_add_epi32(wide[j], _mm256_madd_epi16(acc[j], ones));
     }
+    alignas(32) int32_t sums[16];
+    _mm256_store_si256((__m256i*)sums, reduce8(wide));
+    if constexpr (MR * NR > 8) _mm256_store_si256((__m256i*)(sums + 8), reduce8(wide + 8));
     for (int a = 0; a < MR; ++a)
-        for (int r = 0; r < nr; ++r)
-            out[(r0 + a) * ldo + n + r] = hsum256(acc[a][r]) +
-                dot_scalar(codes + r * s.kpad, x + (r0 + a) * s.kpad, kvec, s.kpad) - xsum[r0 + a];
+        for (int r = 0; r < nr; ++r) out[a * ldo + n + r] = sums[a * NR + r] - xsum[a];
 }
 
-T256 static void decode_row_avx2(const uint8_t* row, const Shape& s, uint8_t* codes) {
-    const __m256i m3 = _mm256_set1_epi8(3);
-    for (i64 b = 0; b < s.full; ++b)
-        for (int h = 0; h < 2; ++h) {
-            __m256i v = _mm256_loadu_si256((const __m256i*)(row + 64 * b + 32 * h));
-            for (int i = 0; i < 4; ++i)
-                _mm256_storeu_si256((__m256i*)(codes + 256 * b + 64 * i + 32 * h),
-                                    _mm256_and_si256(_mm256_srli_epi16(v, 2 * i), m3));
-        }
-    const uint8_t* t = row + 64 * s.full;
-    uint8_t* c = codes + 256 * s.full;
-    for (int i = 0; i < 4; ++i)
-        for (i64 j = 0; j < s.tail; ++j) c[s.tail * i + j] = (t[j] >> (2 * i)) & 3;
+template <int MR, int NR>
+T256 static void cols_256(const int8_t* x, const int32_t* xsum, const uint8_t* w, i64 n0, i64 n1, const Shape& s,
+                          int32_t* out, i64 ldo) {
+    for (i64 n = n0; n < n1; n += NR)
+        micro_256<MR, NR>(x, xsum, w, n, (int)std::min<i64>(NR, n1 - n), s, out, ldo);
 }
 
+// Blocks of 4 activation rows x 3 weight rows (12 int16 accumulators, a code vector and the
+// mask fill 14 of the 16 ymm registers), weight rows outer within chunks of 64 activation rows
+// as in gemm_512; the 1-3 rows left over take 1 x 8, 2 x 6 or 3 x 4.
 T256 static void gemm_avx2(const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n0, i64 n1,
-                           const Shape& s, int32_t* out, i64 ldo, uint8_t* codes) {
-    if (m == 1) return gemv_avx2(x, xsum[0], w, n0, n1, s, out);
-    for (i64 n = n0; n < n1; n += NR) {
-        int nr = (int)(n1 - n < NR ? n1 - n : NR);
-        for (int r = 0; r < nr; ++r) decode_row_avx2(w + (n + r) * s.kq, s, codes + r * s.kpad);
-        for (int r = nr; r < NR; ++r) memset(codes + r * s.kpad, 0, s.kpad);
-        i64 r0 = 0;
-        for (; r0 + 2 <= m; r0 += 2) strip_avx2<2>(x, xsum, r0, codes, nr, n, s, out, ldo);
-        for (; r0 < m; ++r0) strip_avx2<1>(x, xsum, r0, codes, nr, n, s, out, ldo);
+                           const Shape& s, int32_t* out, i64 ldo, uint8_t* /*codes*/) {
+    const i64 chunk = 64;
+    constexpr int MB = 4, NB = 3;
+    for (i64 c0 = 0; c0 < m; c0 += chunk) {
+        const i64 c1 = std::min(m, c0 + chunk);
+        const i64 full = c1 - (c1 - c0) % MB;
+        if (full > c0)
+            for (i64 n = n0; n < n1; n += NB) {
+                const int nr = (int)std::min<i64>(NB, n1 - n);
+                for (i64 r0 = c0; r0 < full; r0 += MB)
+                    micro_256<MB, NB>(x + r0 * s.kpad, xsum + r0, w, n, nr, s, out + r0 * ldo, ldo);
+            }
+        const i64 left = c1 - full;
+        const int8_t* xl = x + full * s.kpad;
+        int32_t* ol = out + full * ldo;
+        if (left == 1) cols_256<1, 8>(xl, xsum + full, w, n0, n1, s, ol, ldo);
+        else if (left == 2) cols_256<2, 6>(xl, xsum + full, w, n0, n1, s, ol, ldo);
+        else if (left == 3) cols_256<3, 4>(xl, xsum + full, w, n0, n1, s, ol, ldo);
     }
 }
 
@@ -325,7 +340,7 @@ T512 static void gemm_512(const int8_t* x, i64 m, const int32_t* xsum, const uin
 // ------------------------------------------------------------------------------ driver
 static void gemm_range(int isa, const int8_t* x, i64 m, const int32_t* xsum, const uint8_t* w, i64 n, i64 n0,
                        i64 n1, const Shape& s, int32_t* out) {
-    uint8_t* codes = (m > 1 && isa == ISA_AVX2) || isa == ISA_SCALAR ? (uint8_t*)malloc(NR * s.kpad + 64) : nullptr;
+    uint8_t* codes = isa == ISA_SCALAR ? (uint8_t*)malloc(NR * s.kpad + 64) : nullptr;
     if (isa == ISA_AVX512VNNI) gemm_512(x, m, xsum, w, n0, n1, s, out, n, codes);
     else if (isa == ISA_AVX2) gemm_avx2(x, m, xsum, w, n0, n1, s, out, n, codes);
     else gemm_scalar(x, m, xsum, w, n0, n1, s, out, n, codes);
@@ -444,8 +459,48 @@ T512 static void quantize_512(const float* x, i64 m, i64 k, i64 ldx, const Shape
         xs[r] = scale;
     }
 }
+// quantize_512 with 8 lanes: the int32 levels (already in [-128, 127], so the saturating packs
+// are exact) are packed to bytes per 128-bit lane and put back in order by one permute.
 T256 static void quantize_avx2(const float* x, i64 m, i64 k, i64 ldx, const Shape& s, int8_t* xp, int32_t* xsum,
-                               float* xs) { quantize_rows(x, m, k, ldx, s, xp, xsum, xs); }
+                               float* xs) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (i64 r = 0; r < m; ++r) {
+        const float* xr = x + r * ldx;
+        __m256 mx = _mm256_setzero_ps();
+        i64 c = 0;
+        for (; c + 8 <= k; c += 8) mx = _mm256_max_ps(mx, _mm256_and_ps(_mm256_loadu_ps(xr + c), absmask));
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, mx);
+        float amax = 0.0f;
+        for (int j = 0; j < 8; ++j) amax = fmaxf(amax, lanes[j]);
+        for (; c < k; ++c) amax = fmaxf(amax, fabsf(xr[c]));
+        const float scale = (1.0f / fmaxf(amax, 1e-5f)) * 127.0f;
+        const __m256 vs = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-128.0f), hi = _mm256_set1_ps(127.0f);
+        int8_t* q = xp + r * s.kpad;
+        __m256i vsum = _mm256_setzero_si256();
+        for (c = 0; c + 32 <= k; c += 32) {
+            __m256i iv[4];
+            for (int j = 0; j < 4; ++j) {
+                __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(xr + c + 8 * j), vs),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                iv[j] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(v, lo), hi));
+                vsum = _mm256_add_epi32(vsum, iv[j]);
+            }
+            const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(iv[0], iv[1]), _mm256_packs_epi32(iv[2], iv[3]));
+            _mm256_storeu_si256((__m256i*)(q + c), _mm256_permutevar8x32_epi32(b, order));
+        }
+        int32_t sum = hsum256(vsum);
+        for (; c < k; ++c) {
+            float v = fminf(fmaxf(nearbyintf(xr[c] * scale), -128.0f), 127.0f);
+            q[c] = (int8_t)(int32_t)v;
+            sum += q[c];
+        }
+        memset(q + k, 0, s.kpad - k);
+        xsum[r] = sum;
+        xs[r] = scale;
+    }
+}
 T512 static void dequantize_512(const int32_t* acc, i64 m, i64 n, const float* ws, int per_row, const float* xs,
                                 float* out) {
     for (i64 r = 0; r < m; ++r) {
@@ -467,8 +522,27 @@ T512 static void dequantize_512(const int32_t* acc, i64 m, i64 n, const float* w
         }
     }
 }
-T256 static void dequantize_avx2(const int32_t* acc, i64 m, i64 n, const float* ws, int per_row,
-                                 const float* xs, float* out) { dequantize(acc, m, n, ws, per_row, xs, out); }
+T256 static void dequantize_avx2(const int32_t* acc, i64 m, i64 n, const float* ws, int per_row, const float* xs,
+                                 float* out) {
+    for (i64 r = 0; r < m; ++r) {
+        const int32_t* a = acc + r * n;
+        float* o = out + r * n;
+        i64 c = 0;
+        if (per_row) {
+            const __m256 vx = _mm256_set1_ps(xs[r]);
+            for (; c + 8 <= n; c += 8)
+                _mm256_storeu_ps(o + c, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)(a + c))),
+                                                      _mm256_div_ps(_mm256_loadu_ps(ws + c), vx)));
+            for (; c < n; ++c) o[c] = (float)a[c] * (ws[c] / xs[r]);
+        } else {
+            const float f = ws[0] / xs[r];
+            const __m256 vf = _mm256_set1_ps(f);
+            for (; c + 8 <= n; c += 8)
+                _mm256_storeu_ps(o + c, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i*)(a + c))), vf));
+            for (; c < n; ++c) o[c] = (float)a[c] * f;
+        }
+    }
+}
 
 // RMSNorm of each row in place of x (into y): y = (x * rsqrt(mean(x^2) + eps)) * weight, the
 // operations of biasmed.ternary.quant.rms_norm; the sum of squares is accumulated in double,

@@ -11,7 +11,10 @@ returns None after one warning line on stderr, and the callers use the PyTorch r
 Weights must be in the ``"block256"`` layout (:mod:`biasmed.ternary.packing`); results are exact
 (int32) and the float path reproduces :func:`biasmed.ternary.quant.quantize_activations` and
 :func:`~biasmed.ternary.quant.dequantize_output` operation for operation, so it equals the
-reference bit for bit.  Calls run on the calling thread unless ``BIASMED_TERNARY_THREADS=N``
+reference bit for bit.  ``BIASMED_TERNARY_ISA`` (``scalar``, ``avx2`` or ``avx512-vnni``, alias
+``avx512``) forces an instruction set no higher than the CPU's, for tests and benchmarks of the
+lower paths; an unknown name or one this CPU lacks is an :class:`~biasmed.errors.InputError`.
+Calls run on the calling thread unless ``BIASMED_TERNARY_THREADS=N``
 (N > 1) lets products of a few million multiply-adds or more split their output rows over N
 threads.  One thread is the default because threads are started per call: measured on a shared
 2-core machine under load, a thread start waited up to a scheduler timeslice (~4 ms), turning a
@@ -34,6 +37,7 @@ from pathlib import Path
 import torch
 
 from biasmed._paths import cache_root
+from biasmed.errors import InputError, one_line
 from biasmed.ternary._native_source import SOURCE
 from biasmed.ternary.packing import PackedTernary
 
@@ -43,6 +47,8 @@ ISA_NAMES = ("scalar", "avx2", "avx512-vnni")
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread", "-ffp-contract=off")
 ENV_SWITCH = "BIASMED_TERNARY_NATIVE"  # "0" turns the native kernel off
 ENV_THREADS = "BIASMED_TERNARY_THREADS"  # threads per large product (default 1, see above)
+ENV_ISA = "BIASMED_TERNARY_ISA"  # force a lower instruction set (tests, benchmarks)
+_ISA_ALIASES = {"avx512": "avx512-vnni"}
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -202,11 +208,20 @@ def _open(path: Path) -> NativeKernel:
     lib.bt_vnni_peak.argtypes = [_i64]
     lib.bt_hgrn_scan_f32.restype = None
     lib.bt_hgrn_scan_f32.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64]
-    isa = int(lib.bt_isa())
-    forced = os.environ.get("BIASMED_TERNARY_ISA")  # tests and benchmarks: a lower ISA than the CPU's
-    if forced:
-        isa = min(isa, ISA_NAMES.index(forced))
-    return NativeKernel(lib=lib, isa=isa, path=path)
+    return NativeKernel(lib=lib, isa=int(lib.bt_isa()), path=path)
+
+
+def forced_isa() -> int | None:
+    """The instruction set ``$BIASMED_TERNARY_ISA`` asks for (an index into ISA_NAMES), None if unset."""
+    value = os.environ.get(ENV_ISA, "").strip().lower()
+    if not value:
+        return None
+    name = _ISA_ALIASES.get(value, value)
+    if name not in ISA_NAMES:
+        raise InputError(
+            one_line(f"{ENV_ISA}={value!r}: unknown instruction set; choose one of {', '.join(ISA_NAMES)}")
+        )
+    return ISA_NAMES.index(name)
 
 
 def _unavailable(reason: str) -> None:
@@ -221,15 +236,21 @@ def load() -> NativeKernel | None:
     """The native kernel, built and loaded once per process; None (after one warning) if impossible."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return None  # asked for explicitly: no warning
+    forced = forced_isa()  # a bad setting is the user's error, not a reason to fall back
     if platform.machine().lower() not in ("x86_64", "amd64"):
         _unavailable(f"it is written for x86-64, this is {platform.machine()}")
         return None
     try:
-        return _open(build())
+        kernel = _open(build())
     except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
         text = str(exc).strip().splitlines()
         _unavailable(text[0] if text else type(exc).__name__)
         return None
+    if forced is None:
+        return kernel
+    if forced > kernel.isa:  # it would die on an illegal instruction
+        raise InputError(f"{ENV_ISA}={ISA_NAMES[forced]}: this CPU runs {kernel.isa_name} at most")
+    return NativeKernel(lib=kernel.lib, isa=forced, path=kernel.path)
 
 
 def available() -> bool:
