@@ -11,10 +11,14 @@ busy machine affects both alike.  Every shape is checked exact against the PyTor
 
 The native column also gives the kernel's rate in GMAC/s, and the run starts by measuring the
 ceiling of that rate on this core: the best of 200 short loops of independent AVX-512
-``vpdpbusd`` (64 multiply-adds each), where the CPU has them.
+``vpdpbusd`` (64 multiply-adds each), or with ``--isa avx2`` of ``vpmaddubsw`` + ``vpaddw`` (32).
 
 ``--isa avx2`` (or ``scalar``) measures a lower instruction set than the CPU's best, e.g. the
-AVX2 path that CPUs without AVX-512 get; the VNNI ceiling is then not measured.
+AVX2 path that CPUs without AVX-512 get.
+
+``--baseline REV`` adds the native kernel of an older git revision (its ``_native_source.py``,
+built with the same flags, run at the same ISA) as a third contender, interleaved in the same
+repeats, for before/after figures that share the machine's state.
 
 ``--threads`` sets torch's threads for the bf16 matmul (the native kernel uses one thread by
 default); 1 gives both contenders one core, which is what a shared 2-core machine can promise.
@@ -23,11 +27,15 @@ default); 1 gives both contenders one core, which is what a shared 2-core machin
 from __future__ import annotations
 
 import argparse
+import ast
+import ctypes
 import json
 import os
 import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -49,15 +57,38 @@ def _ms(fn, inner: int) -> float:
     return (time.perf_counter() - start) * 1e3 / inner
 
 
-def vnni_peak_gmacs(kernel: native.NativeKernel, trials: int = 200, iters: int = 20000) -> float | None:
-    """Best rate of 12 independent vpdpbusd chains over ``trials`` short runs (None without VNNI)."""
+def peak_gmacs(kernel: native.NativeKernel, trials: int = 200, iters: int = 20000) -> float | None:
+    """Best rate of 12 independent multiply-add chains of the kernel's ISA over ``trials`` short
+    runs: AVX-512 ``vpdpbusd`` (64 multiply-adds each), AVX2 ``vpmaddubsw`` + ``vpaddw`` (32);
+    None for the scalar path."""
+    if kernel.isa_name == "avx512-vnni":
+        fn, macs = kernel.lib.bt_vnni_peak, 64
+    elif kernel.isa_name == "avx2":
+        fn, macs = kernel.lib.bt_maddubs_peak, 32
+    else:
+        return None
     best = 0.0
     for _ in range(trials):
         start = time.perf_counter()
-        if kernel.lib.bt_vnni_peak(iters) == -1:
-            return None
-        best = max(best, iters * 12 * 64 / (time.perf_counter() - start) / 1e9)
+        fn(iters)
+        best = max(best, iters * 12 * macs / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def baseline_kernel(rev: str, isa: int) -> native.NativeKernel:
+    """The kernel of git revision ``rev`` (its ``_native_source.py``, same flags and compiler), at
+    ``isa``: a third contender in the same process, for before/after figures."""
+    repo = Path(__file__).resolve().parents[1]
+    text = subprocess.run(["git", "show", f"{rev}:biasmed/ternary/_native_source.py"], cwd=repo,
+                          capture_output=True, text=True, check=True).stdout
+    tree = ast.parse(text)
+    source = next(ast.literal_eval(node.value) for node in tree.body
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "SOURCE")
+    path = native.build(source=source)
+    lib = ctypes.CDLL(str(path))
+    lib.bt_linear_f32.restype = ctypes.c_int
+    lib.bt_linear_f32.argtypes = native.load().lib.bt_linear_f32.argtypes  # type: ignore[union-attr]
+    return native.NativeKernel(lib=lib, isa=isa, path=path)
 
 
 def main() -> None:
@@ -67,6 +98,8 @@ def main() -> None:
     parser.add_argument("--models", default="370M,1.3B,2.7B")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--isa", choices=native.ISA_NAMES, help="force the kernel's instruction set (default: the CPU's best)")
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also time the native kernel of this git revision (same ISA), interleaved")
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.isa:
@@ -78,11 +111,13 @@ def main() -> None:
         raise SystemExit("the native kernel is not available here")
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
-    peak = vnni_peak_gmacs(kernel) if kernel.isa_name == "avx512-vnni" else None
+    peak = peak_gmacs(kernel)
+    base = baseline_kernel(args.baseline, kernel.isa) if args.baseline else None
+    extra = (" baseline ms | vs baseline |", "---:|---:|") if base else ("", "")
     print(f"isa {kernel.isa_name}, torch {torch.__version__}, {torch.get_num_threads()} torch threads, "
-          f"vpdpbusd ceiling {peak or 0:.0f} GMAC/s")
-    print("| model | K->N | batch | bf16 ms | native ms | native GMAC/s | speed-up |\n"
-          "|---|---|---:|---:|---:|---:|---:|")
+          f"multiply-add ceiling {peak or 0:.0f} GMAC/s")
+    print(f"| model | K->N | batch | bf16 ms | native ms | native GMAC/s | speed-up |{extra[0]}\n"
+          f"|---|---|---:|---:|---:|---:|---:|{extra[1]}")
     gen = torch.Generator().manual_seed(0)
     for model in args.models.split(","):
         for k, n in SHAPES[model]:
@@ -95,23 +130,34 @@ def main() -> None:
                 x = torch.randn(m, k, generator=gen)
                 x_bf16 = x.to(torch.bfloat16)
                 assert torch.equal(bitlinear(x, blocked, "native"), bitlinear(x, packed, "reference"))
+                if base:
+                    assert torch.equal(base.linear_f32(x, blocked), kernel.linear_f32(x, blocked))
                 inner = max(1, int(2e7 // (m * k * n)))  # ~ >= 1 ms of work per sample
-                dense, tern = [], []
+                dense, tern, old = [], [], []
                 torch.matmul(x_bf16, w_bf16.t())
                 kernel.linear_f32(x, blocked)
                 for _ in range(args.repeats):
                     dense.append(_ms(lambda a=x_bf16, b=w_bf16: torch.matmul(a, b.t()), inner))
                     tern.append(_ms(lambda a=x, b=blocked: kernel.linear_f32(a, b), inner))
+                    if base:  # after a bf16 matmul too, so it finds the caches as the new kernel did
+                        _ms(lambda a=x_bf16, b=w_bf16: torch.matmul(a, b.t()), inner)
+                        old.append(_ms(lambda a=x, b=blocked: base.linear_f32(a, b), inner))
                 ratios = [d / t for d, t in zip(dense, tern)]
                 row = {"model": model, "k": k, "n": n, "batch": m, "bf16_ms": statistics.median(dense),
                        "native_ms": statistics.median(tern), "speedup": statistics.median(ratios)}
                 rows.append(row)
                 row["native_gmacs"] = m * k * n / row["native_ms"] / 1e6
+                cells = ""
+                if base:
+                    row["baseline_ms"] = statistics.median(old)
+                    row["vs_baseline"] = statistics.median([o / t for o, t in zip(old, tern)])
+                    cells = f" {row['baseline_ms']:.3f} | {row['vs_baseline']:.2f}x |"
                 print(f"| {model} | {k}->{n} | {m} | {row['bf16_ms']:.3f} | {row['native_ms']:.3f} | "
-                      f"{row['native_gmacs']:.0f} | {row['speedup']:.2f}x |", flush=True)
+                      f"{row['native_gmacs']:.0f} | {row['speedup']:.2f}x |{cells}", flush=True)
     if args.json:
         meta = {"machine": platform.machine(), "isa": kernel.isa_name, "torch": torch.__version__,
-                "threads": torch.get_num_threads(), "vnni_peak_gmacs": peak}
+                "threads": torch.get_num_threads(), "peak_gmacs": peak,
+                "baseline": args.baseline}
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump({"meta": meta, "rows": rows}, fh, indent=2)
 

@@ -165,22 +165,24 @@ def _compiler_identity(cxx: str) -> str:
     return proc.stdout.splitlines()[0] if proc.stdout else cxx
 
 
-def build(cxx: str | None = None, directory: Path | None = None) -> Path:
+def build(cxx: str | None = None, directory: Path | None = None, source: str = SOURCE) -> Path:
     """Compile the library unless a build of this source, flags and compiler is cached; its path.
+
+    ``source`` is this version's C++ unless given (benchmarks build an older one to compare).
 
     Concurrent builders (parallel test workers, several processes) are safe: each compiles to a
     private temporary name and renames it into place atomically.
     """
     cxx = cxx or compiler()
     directory = directory or kernel_dir()
-    key = hashlib.sha256("\0".join([SOURCE, *FLAGS, _compiler_identity(cxx), platform.machine()]).encode())
+    key = hashlib.sha256("\0".join([source, *FLAGS, _compiler_identity(cxx), platform.machine()]).encode())
     lib = directory / f"ternary_cpu_{key.hexdigest()[:16]}.so"
     if lib.is_file():
         return lib
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory, prefix=".build-") as tmp:
         src = Path(tmp) / "ternary_cpu.cpp"
-        src.write_text(SOURCE, encoding="utf-8")
+        src.write_text(source, encoding="utf-8")
         out = Path(tmp) / lib.name
         proc = subprocess.run([cxx, *FLAGS, str(src), "-o", str(out)], capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
@@ -206,6 +208,8 @@ def _open(path: Path) -> NativeKernel:
     ]  # fmt: skip
     lib.bt_vnni_peak.restype = ctypes.c_int
     lib.bt_vnni_peak.argtypes = [_i64]
+    lib.bt_maddubs_peak.restype = ctypes.c_int
+    lib.bt_maddubs_peak.argtypes = [_i64]
     lib.bt_hgrn_scan_f32.restype = None
     lib.bt_hgrn_scan_f32.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64]
     return NativeKernel(lib=lib, isa=int(lib.bt_isa()), path=path)
