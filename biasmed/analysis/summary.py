@@ -777,26 +777,24 @@ def _paired_columns(
             )
         unmit = conds.get((bias, "none", draw, tm))
         if mit != "none" and unmit is not None:
-            all3 = ~np.isnan(me.correct) & ~np.isnan(base.correct) & ~np.isnan(unmit.correct)
-            r = stats.recovery(
-                base.correct[all3] > 0,
-                unmit.correct[all3] > 0,
-                me.correct[all3] > 0,
-                n_boot,
-                stats.rng_for(seed, model, *rk, "recovery"),
-            )
+
+            def recovery(ceiling: Cond, what: str) -> stats.Recovery:
+                """How much of the drop from `ceiling` (unbiased) to `unmit` this mitigation won back."""
+                all3 = ~np.isnan(me.correct) & ~np.isnan(ceiling.correct) & ~np.isnan(unmit.correct)
+                return stats.recovery(
+                    ceiling.correct[all3] > 0,
+                    unmit.correct[all3] > 0,
+                    me.correct[all3] > 0,
+                    n_boot,
+                    stats.rng_for(seed, model, *rk, what),
+                )
+
+            r = recovery(base, "recovery")
             row.update(recovery=r.value, recovery_lo=r.lo, recovery_hi=r.hi)
             if same is not None:
                 # against the unbiased accuracy under the SAME mitigation (a mitigation that also
                 # changes the unbiased answers, like reasoning, is measured against its own ceiling)
-                all3 = ~np.isnan(me.correct) & ~np.isnan(same.correct) & ~np.isnan(unmit.correct)
-                r = stats.recovery(
-                    same.correct[all3] > 0,
-                    unmit.correct[all3] > 0,
-                    me.correct[all3] > 0,
-                    n_boot,
-                    stats.rng_for(seed, model, *rk, "recovery-same"),
-                )
+                r = recovery(same, "recovery-same")
                 row.update(recovery_same_mit=r.value, recovery_same_mit_lo=r.lo, recovery_same_mit_hi=r.hi)
 
 
